@@ -333,9 +333,9 @@ class CheckReport:
 
 
 def _fail(problems: list[str], header, cfg, cfg_name, path) -> None:
-    more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+    more = f" (+{len(problems) - 2} more)" if len(problems) > 2 else ""
     raise WeightsMismatchError(
-        f"{Path(path).name} does not match {cfg_name}: {'; '.join(problems[:3])}{more}. "
+        f"{Path(path).name} does not match {cfg_name}: {'; '.join(problems[:2])}{more}. "
         f"The file: {describe_file(header)}; {describe_config(cfg, cfg_name)}. "
         f"Use the config that came with these weights.")
 
@@ -491,20 +491,73 @@ def apply_quantization(model: Lm, quant: Quantization) -> None:
     nn.quantize(model, class_predicate=predicate)
 
 
-def quantize_model(model: Lm, bits: int, group_size: int) -> Quantization:
-    """Quantize every quantizable leaf (see `quantizable`) and return what was done."""
+def quantization_plan(model: Lm, bits: int, group_size: int) -> Quantization:
+    """Which leaves `quantize_model` would quantize (see `quantizable`), without doing it."""
     quant = Quantization()
     flat = dict(tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module))
     for path, m in flat.items():
         w = getattr(m, "weight", None) if hasattr(m, "to_quantized") else None
         if w is not None and quantizable(path, tuple(w.shape)) and w.shape[-1] % group_size == 0:
             quant.modules[path] = (bits, group_size)
+    return quant
+
+
+def quantize_model(model: Lm, bits: int, group_size: int) -> Quantization:
+    """Quantize every quantizable leaf in place and return what was done."""
+    quant = quantization_plan(model, bits, group_size)
     apply_quantization(model, quant)
     return quant
 
 
-def save_safetensors_atomic(path: str | Path, tensors: dict[str, mx.array], metadata=None) -> None:
+QUANT_PRESETS = {"q8": (8, 64), "q4": (4, 32)}
+
+
+def quantize_tensors(tensors: dict[str, mx.array], quant: Quantization) -> dict[str, mx.array]:
+    """MLX-layout tensors -> the same with `quant`'s modules packed (lazily, per tensor)."""
+    out = {}
+    for name, v in tensors.items():
+        mod = name.rsplit(".", 1)[0]
+        q = quant.modules.get(mod) if name.endswith(".weight") else None
+        if q is None:
+            out[name] = v
+            continue
+        w, scales, biases = mx.quantize(v, group_size=q[1], bits=q[0])
+        out[name], out[f"{mod}.scales"], out[f"{mod}.biases"] = w, scales.astype(v.dtype), biases.astype(v.dtype)
+    return out
+
+
+_MX_TO_ST = {mx.bfloat16: "BF16", mx.float16: "F16", mx.float32: "F32", mx.uint32: "U32",
+             mx.int32: "I32", mx.int64: "I64", mx.uint8: "U8"}
+
+
+def save_safetensors_streamed(path: str | Path, tensors: dict[str, mx.array],
+                              metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file evaluating one (lazy) tensor at a time, so writing a 7B
+    model needs the memory of its largest tensor, not of the model. Atomic: a temp file
+    in the same folder is renamed into place."""
+    import numpy as np
+
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.safetensors")
-    mx.save_safetensors(str(tmp), tensors, metadata=metadata or {})
-    os.replace(tmp, path)
+    header: dict = {"__metadata__": metadata or {"format": "mlx"}}
+    offset = 0
+    for name, v in tensors.items():
+        nbytes = v.nbytes
+        header[name] = {"dtype": _MX_TO_ST[v.dtype], "shape": list(v.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for v in tensors.values():
+                mx.eval(v)
+                if v.dtype in (mx.bfloat16, mx.float16):
+                    v = v.view(mx.uint16)
+                f.write(np.asarray(v).tobytes())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,136 @@
+"""The `moshi-mac` command line: argument parsing, dispatch, and user-facing errors.
+
+Each subcommand is a small handler here or a `main(args)` in its own module. A
+`MoshiMacError` becomes one line on stderr and its exit code (2 for a model mismatch);
+Ctrl-C exits with 130 after the command has kept its partial outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import MoshiMacError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (one of)")
+    g.add_argument("--model", "-m", help="registry name (see `moshi-mac models`)")
+    g.add_argument("--weights", "-w", type=Path, help="a model folder: config, LM weights, Mimi, tokenizer")
+
+
+def cmd_models(args) -> int:
+    from . import registry
+
+    table = Table(title="moshi-mac models")
+    for col in ("name", "repo", "config", "quant", "layout", "local"):
+        table.add_column(col)
+    for e in registry.list_models():
+        local = registry.local_files(e)
+        table.add_row(e.name, e.repo, e.config, e.quantization, e.layout,
+                      "[green]yes[/]" if local else "no")
+    console.print(table)
+    console.print("Download with `moshi-mac download NAME` (also done on first use).")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from . import registry
+
+    for name in args.names:
+        files = registry.ensure(name)
+        console.print(f"[green]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in files.items()))
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .modeldir import check_model, resolve
+
+    files = resolve(args.model, args.weights, download=not args.no_download)
+    res = check_model(files)
+    w = res.weights
+    table = Table(title=f"check: {files.name}", show_header=False)
+    table.add_column("what")
+    table.add_column("result")
+    table.add_row("config", f"{files.config}  ({res.config.summary()})")
+    table.add_row("LM weights", f"{files.weights.name}: {w.layout} layout, {w.quantization.label}, "
+                                f"{w.n_tensors} tensors, {w.n_params / 1e9:.2f}B params, "
+                                f"{w.file_bytes / 2**30:.2f} GiB")
+    table.add_row("text tokenizer", f"{files.tokenizer.name}: {res.tokenizer_vocab} pieces")
+    table.add_row("Mimi", f"{files.mimi.name}: {res.mimi_codebooks} codebooks "
+                          f"({res.config.mimi_codebooks} needed)")
+    table.add_row("verdict", "[green]OK: every tensor matches the config[/]")
+    console.print(table)
+    return 0
+
+
+def cmd_make_random(args) -> int:
+    from . import registry
+    from .config import load_config
+    from .random_model import make_random_model
+
+    path = Path(args.config)
+    if not path.is_file():
+        path = registry.config_path(args.config)
+    cfg = load_config(path)
+    with console.status(f"writing a random {'tiny ' if args.tiny else ''}{path.stem} model to {args.out}"):
+        rm = make_random_model(cfg, args.out, tiny=args.tiny, quantize=args.quantize,
+                               layout=args.layout, seed=args.seed, force=args.force,
+                               mimi=args.mimi)
+    size = rm.weights.stat().st_size / 2**20
+    console.print(f"[green]wrote[/] {rm.folder}: {rm.weights.name} ({size:.1f} MiB, {args.layout} "
+                  f"layout{', ' + args.quantize if args.quantize else ''}), {rm.mimi.name}, "
+                  f"{rm.tokenizer.name}, config.toml")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moshi-mac", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("models", help="list known models and whether they are on disk")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("download", help="download models into the Hugging Face cache")
+    s.add_argument("names", nargs="+")
+    s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("check", help="check config vs weights vs tokenizer vs Mimi")
+    add_model_args(s)
+    s.add_argument("--no-download", action="store_true", help="fail instead of downloading")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("make-random-model", help="write a random model in the official layouts")
+    s.add_argument("--config", required=True, help="a config file, or a name from configs/")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--tiny", action="store_true", help="shrink the LM (not Mimi) for fast tests")
+    s.add_argument("--quantize", choices=["q8", "q4"])
+    s.add_argument("--layout", choices=["mlx", "pytorch"], default="mlx")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="replace --out if it exists")
+    s.add_argument("--mimi", type=Path, help="use this Mimi checkpoint instead of a random one")
+    s.set_defaults(func=cmd_make_random)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except MoshiMacError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

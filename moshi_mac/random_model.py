@@ -1,0 +1,144 @@
+"""Random models: complete model directories with random weights in the official layouts.
+
+Owns `tiny_config` (the `--tiny` shrink: same family traits, small dims, Mimi untouched)
+and `make_random_model`, which writes config.toml, the LM weights (MLX or PyTorch layout,
+bf16/q8/q4), a Mimi checkpoint in the official key layout and a SentencePiece tokenizer
+trained on the fly with the right vocabulary size. Tests and benchmarks use these because
+the real weights cannot be downloaded on the build machines.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .config import LmConfig
+from .errors import MoshiMacError
+from .models.lm import Lm
+
+TINY_TEXT_VOCAB = 1000
+
+
+def tiny_config(cfg: LmConfig, text_vocab: int = TINY_TEXT_VOCAB) -> LmConfig:
+    """Shrink the LM, keeping every trait that matters for parity: GQA ratio, RoPE
+    layout, schedule, depformer norm, conditioner, delays and the codebook counts (Mimi
+    and its 2048-entry codebooks stay real)."""
+    cfg = copy.deepcopy(cfg)
+    t = cfg.transformer
+    ratio = t.dim_feedforward / t.d_model
+    t.d_model, t.num_heads, t.num_layers = 64, 4, 2
+    t.num_heads = max(t.num_heads, t.kv_repeat)
+    t.dim_feedforward = int(ratio * t.d_model)
+    t.context = 32
+    if cfg.depformer is not None:
+        d = cfg.depformer.transformer
+        ratio = d.dim_feedforward / d.d_model
+        d.d_model, d.num_heads, d.num_layers = 32, max(2, d.kv_repeat), 2
+        d.dim_feedforward = int(ratio * d.d_model)
+        if cfg.depformer.low_rank_embeddings:
+            cfg.depformer.low_rank_embeddings = 16
+    for c in cfg.conditioners.values():
+        c.dim = min(c.dim, 16)
+    cfg.text_in_vocab_size = text_vocab + 1
+    cfg.text_out_vocab_size = text_vocab
+    return cfg.validate("tiny config")
+
+
+def random_lm_tensors(cfg: LmConfig, seed: int = 0, dtype=mx.bfloat16) -> dict[str, mx.array]:
+    """Random MLX-layout tensors: normal init scaled by 1/sqrt(fan_in), norms at 1."""
+    mx.random.seed(seed)
+    model = Lm(cfg)
+    out = {}
+    for name, p in tree_flatten(model.parameters()):
+        if name.endswith(("norm1.weight", "norm2.weight", "out_norm.weight")) or ".scale" in name[-6:]:
+            v = mx.ones(p.shape)
+        elif name.endswith(".bias"):
+            v = mx.zeros(p.shape)
+        else:
+            fan_in = p.shape[-1] if p.ndim > 1 else p.shape[0]
+            v = mx.random.normal(p.shape) * (fan_in ** -0.5)
+        keep_f32 = name.startswith("condition_provider.")
+        out[name] = v.astype(mx.float32 if keep_f32 else dtype)
+    return out
+
+
+LM_FILE = {"bf16": "model.safetensors", "q8": "model.q8.safetensors", "q4": "model.q4.safetensors"}
+MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
+
+
+@dataclass
+class RandomModel:
+    folder: Path
+    config: LmConfig
+    weights: Path
+    mimi: Path
+    tokenizer: Path
+
+
+def make_random_model(config: LmConfig, out: str | Path, *, tiny: bool = False,
+                      quantize: str | None = None, layout: str = "mlx", seed: int = 0,
+                      force: bool = False, header: str = "",
+                      mimi: str | Path | None = None) -> RandomModel:
+    """Write a complete random model directory (see the module docstring). `mimi` reuses
+    an existing Mimi checkpoint (hard-linked when possible) instead of a random one."""
+    from .mimi_random import write_random_mimi
+    from .tokenizer import train_random_tokenizer
+    from .weights import (QUANT_PRESETS, mlx_to_pytorch, quantization_plan, quantize_tensors,
+                          save_safetensors_streamed)
+
+    if layout not in ("mlx", "pytorch"):
+        raise MoshiMacError(f"--layout must be mlx or pytorch, got {layout!r}")
+    if quantize is not None and quantize not in QUANT_PRESETS:
+        raise MoshiMacError(f"--quantize must be q8 or q4, got {quantize!r}")
+    if quantize and layout == "pytorch":
+        raise MoshiMacError("official PyTorch checkpoints are bf16: use --layout mlx with --quantize")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise MoshiMacError(f"{out} exists and is not empty; pass --force to replace it")
+    cfg = tiny_config(config) if tiny else copy.deepcopy(config)
+    # Build in a sibling temp folder, then move into place: no half-written model dirs.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (work / "config.toml").write_text(
+            (header or f"# Random {'tiny ' if tiny else ''}model made by moshi-mac (seed {seed}).\n")
+            + cfg.to_toml())
+        tensors = random_lm_tensors(cfg, seed=seed)
+        if layout == "pytorch":
+            tensors = mlx_to_pytorch(cfg, tensors)
+        if quantize:
+            bits, group = QUANT_PRESETS[quantize]
+            tensors = quantize_tensors(tensors, quantization_plan(Lm(cfg), bits, group))
+        weights = work / LM_FILE[quantize or "bf16"]
+        save_safetensors_streamed(weights, tensors, {"format": "pt" if layout == "pytorch" else "mlx"})
+        if mimi is None:
+            write_random_mimi(work / MIMI_FILE, seed=seed, num_codebooks=32)
+        else:
+            _link_or_copy(Path(mimi), work / MIMI_FILE)
+        tok = train_random_tokenizer(work / f"tokenizer_spm_{cfg.text_out_vocab_size}",
+                                     cfg.text_out_vocab_size, seed=seed)
+        for extra in work.glob("*.vocab"):  # SentencePiece's human-readable side file
+            extra.unlink()
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return RandomModel(out, cfg, out / weights.name, out / MIMI_FILE, out / Path(tok).name)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if not src.is_file():
+        raise MoshiMacError(f"--mimi {src}: no such file")
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)

@@ -1,0 +1,1 @@
+"""moshi-mac test suite."""
