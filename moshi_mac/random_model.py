@@ -106,6 +106,7 @@ def make_random_model(config: LmConfig, out: str | Path, *, tiny: bool = False,
     # Build in a sibling temp folder, then move into place: no half-written model dirs.
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    work.chmod(0o755)
     try:
         (work / "config.toml").write_text(
             (header or f"# Random {'tiny ' if tiny else ''}model made by moshi-mac (seed {seed}).\n")

@@ -1,0 +1,284 @@
+"""The model registry: names, configs, local lookup, download errors (no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+
+from moshi_mac import registry
+from moshi_mac.config import load_config
+from moshi_mac.errors import ModelNotFoundError
+
+NAMES = [e.name for e in registry.list_models()]
+REAL_OFFLINE = registry._offline
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """Empty weights folder and HF cache under tmp_path; the real ones are never seen."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(registry, "weights_roots", lambda: [weights])
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(registry, "_offline", lambda: False)
+    monkeypatch.setattr(registry, "_unreachable", lambda: None)
+    return weights, cache
+
+
+def _fill(folder: Path, files) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        (folder / f).write_bytes(b"x")
+
+
+def test_expected_models_are_registered():
+    expected = {
+        "moshiko-bf16", "moshiko-q8", "moshiko-q4", "moshiko-pytorch-bf16",
+        "moshika-bf16", "moshika-q8", "moshika-q4", "moshika-pytorch-bf16",
+        "hibiki-1b-bf16", "hibiki-1b-pytorch-bf16", "hibiki-2b-bf16", "hibiki-2b-pytorch-bf16",
+        "hibiki-zero-3b-pytorch-bf16",
+    }
+    assert set(NAMES) == expected
+    assert registry.model_names() == NAMES
+
+
+def test_names_and_repos_unique():
+    assert len(NAMES) == len(set(NAMES))
+    repos = [e.repo for e in registry.list_models()]
+    assert len(repos) == len(set(repos))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_entry_config_loads(name):
+    entry = registry.get_entry(name)
+    path = registry.config_path(name)
+    assert path == entry.config_path and path.is_file()
+    cfg = load_config(path)
+    assert cfg.moshi_mac.model_type == ("moshi" if entry.family == "moshi" else "hibiki")
+    tok = {"moshi": "tokenizer_spm_32k_3.model"}.get(entry.family,
+                                                      "tokenizer_spm_48k_multi6_2.model")
+    assert entry.tokenizer == tok
+    assert cfg.text_in_vocab_size == (32001 if entry.family == "moshi" else 48001)
+
+
+def test_entry_fields():
+    e = registry.get_entry("moshiko-q8")
+    assert (e.repo, e.weights, e.quantization, e.layout, e.config) == (
+        "kyutai/moshiko-mlx-q8", "model.q8.safetensors", "q8", "mlx", "moshi-7b")
+    assert e.mimi == "tokenizer-e351c8d8-checkpoint125.safetensors"
+    assert registry.get_entry("moshika-q4").weights == "model.q4.safetensors"
+    assert registry.get_entry("moshiko-pytorch-bf16").repo == "kyutai/moshiko-pytorch-bf16"
+    h = registry.get_entry("hibiki-1b-bf16")
+    assert (h.repo, h.config, h.quantization, h.layout) == (
+        "kyutai/hibiki-1b-mlx-bf16", "hibiki-1b", "bf16", "mlx")
+    z = registry.get_entry("hibiki-zero-3b-pytorch-bf16")
+    assert (z.repo, z.config, z.layout) == (
+        "kyutai/hibiki-zero-3b-pytorch-bf16", "hibiki-zero-3b", "pytorch")
+
+
+def test_config_dir_has_every_config():
+    d = registry.config_dir()
+    assert d.is_dir()
+    assert {e.config for e in registry.list_models()} <= {p.stem for p in d.glob("*.toml")}
+    assert registry.config_path("hibiki-1b") == d / "hibiki-1b.toml"
+
+
+@pytest.mark.parametrize("typo,closest", [
+    ("moshiko-q9", "moshiko-q8"), ("hibiki1b-bf16", "hibiki-1b-bf16"),
+    ("hibiki-zero-3b", "hibiki-zero-3b-pytorch-bf16")])
+def test_unknown_name_names_closest(typo, closest):
+    with pytest.raises(ModelNotFoundError) as ei:
+        registry.get_entry(typo)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert f"did you mean {closest!r}" in msg
+
+
+def test_local_lookup_in_weights_folder(isolated):
+    weights, _ = isolated
+    e = registry.get_entry("hibiki-1b-bf16")
+    assert registry.local_files(e) is None
+    _fill(weights / e.name, e.files[:2])  # incomplete: no tokenizer
+    assert registry.local_files(e) is None
+    _fill(weights / e.name, e.files)
+    found = registry.local_files(e)
+    assert found is not None
+    assert found["weights"] == weights / e.name / e.weights
+    assert found["mimi"] == weights / e.name / e.mimi
+    assert found["tokenizer"] == weights / e.name / e.tokenizer
+    assert found["config"] == e.config_path  # no config in the folder: the packaged one
+    assert registry.ensure(e.name) == found  # local first: no download attempted
+
+
+def test_weights_folder_config_and_guessed_names(isolated):
+    weights, _ = isolated
+    e = registry.get_entry("moshika-q4")
+    folder = weights / e.name
+    # Hand-placed files under other names: found by pattern, q4 picked over bf16.
+    _fill(folder, ["model.safetensors", "moshika.q4.safetensors",
+                   "tokenizer-abc-checkpoint1.safetensors", "tokenizer_spm_32k_3.model"])
+    (folder / "config.toml").write_text("")
+    found = registry.local_files(e.name)
+    assert found["weights"].name == "moshika.q4.safetensors"
+    assert found["mimi"].name == "tokenizer-abc-checkpoint1.safetensors"
+    assert found["config"] == folder / "config.toml"
+
+
+def test_weights_folder_config_json_names_win(isolated):
+    weights, _ = isolated
+    e = registry.get_entry("hibiki-2b-bf16")
+    folder = weights / "hibiki-2b-mlx-bf16"  # the repo basename is accepted too
+    _fill(folder, ["a.safetensors", "b.safetensors", "mimi-x.safetensors", "tok.model"])
+    (folder / "config.json").write_text(json.dumps(
+        {"moshi_name": "b.safetensors", "mimi_name": "mimi-x.safetensors",
+         "tokenizer_name": "tok.model"}))
+    found = registry.local_files(e)
+    assert found["weights"] == folder / "b.safetensors"
+    assert found["tokenizer"] == folder / "tok.model"
+    assert found["config"] == found["hf_config"] == folder / "config.json"
+
+
+def test_local_lookup_in_hf_cache(isolated):
+    _, cache = isolated
+    e = registry.get_entry("moshiko-q8")
+    snap = cache / f"models--{e.repo.replace('/', '--')}" / "snapshots" / "abc123"
+    _fill(snap, e.files)
+    refs = snap.parent.parent / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("abc123")
+    found = registry.local_files(e)
+    assert found is not None
+    assert found["weights"] == snap / e.weights
+    assert found["config"] == e.config_path
+
+
+def test_default_weights_roots_include_repo_weights():
+    roots = [p.resolve() for p in registry.weights_roots()]
+    repo_root = Path(registry.__file__).resolve().parent.parent
+    assert (repo_root / "weights").resolve() in roots
+
+
+def test_offline_download_error_is_one_line(isolated, monkeypatch):
+    monkeypatch.setattr(registry, "_offline", REAL_OFFLINE)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    called = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda *a, **k: called.append(a) or "/nowhere")
+    e = registry.get_entry("hibiki-zero-3b-pytorch-bf16")
+    with pytest.raises(ModelNotFoundError) as ei:
+        registry.ensure(e.name)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert not called
+    assert "HF_HUB_OFFLINE" in msg
+    for f in e.files:
+        assert f in msg
+    assert f"weights/{e.name}/" in msg
+    assert f"huggingface-cli download {e.repo}" in msg
+    assert ei.value.__suppress_context__ or ei.value.__cause__ is None
+
+
+@pytest.mark.parametrize("exc", [
+    ConnectionError("[Errno 101] Network is unreachable\nsecond line"),
+    TimeoutError("timed out"),
+    OSError("No route to host"),
+])
+def test_network_failure_is_one_line(isolated, monkeypatch, exc):
+    def boom(*a, **k):
+        raise exc
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", boom)
+    e = registry.get_entry("moshiko-bf16")
+    with pytest.raises(ModelNotFoundError) as ei:
+        registry.download(e.name, progress=False)
+    msg = str(ei.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    assert e.weights in msg and e.mimi in msg and e.tokenizer in msg
+    assert ei.value.__cause__ is None and ei.value.__suppress_context__
+
+
+def test_unreachable_hub_fails_fast(isolated, monkeypatch):
+    monkeypatch.setattr(registry, "_unreachable", lambda: "huggingface.co is unreachable: x")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda *a, **k: pytest.fail("must not try to download"))
+    with pytest.raises(ModelNotFoundError, match="unreachable"):
+        registry.download("moshiko-q4")
+
+
+def _fake_hub(tmp_path, repo_files: dict[str, bytes]):
+    calls = []
+
+    def fake(repo_id, filename, **kwargs):
+        calls.append((repo_id, filename))
+        if filename not in repo_files:
+            from huggingface_hub.errors import EntryNotFoundError
+            try:
+                raise EntryNotFoundError(f"404 {filename}")
+            except TypeError:  # pragma: no cover - constructor differs across versions
+                raise EntryNotFoundError(f"404 {filename}", response=None)
+        path = tmp_path / "dl" / repo_id / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(repo_files[filename])
+        return str(path)
+    return fake, calls
+
+
+def test_simulated_download_returns_paths(isolated, monkeypatch, tmp_path):
+    e = registry.get_entry("moshiko-q8")  # repo without config.json: that 404 is tolerated
+    fake, calls = _fake_hub(tmp_path, {f: b"x" for f in e.files})
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    found = registry.ensure(e.name, progress=False)
+    assert [f for _, f in calls] == ["config.json", *e.files]
+    assert all(r == e.repo for r, _ in calls)
+    for role, fname in zip(registry.ROLES, e.files):
+        assert found[role] == tmp_path / "dl" / e.repo / fname
+        assert found[role].is_file()
+    assert found["config"] == e.config_path
+    assert "hf_config" not in found
+
+
+def test_simulated_download_uses_repo_config_names(isolated, monkeypatch, tmp_path):
+    e = registry.get_entry("hibiki-1b-pytorch-bf16")
+    names = {"moshi_name": "hibiki-real@1.safetensors", "mimi_name": "mimi-real.safetensors",
+             "tokenizer_name": "tok-real.model"}
+    files = {"config.json": json.dumps(names).encode(), **{n: b"x" for n in names.values()}}
+    fake, calls = _fake_hub(tmp_path, files)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    found = registry.download(e.name)
+    assert found["weights"].name == "hibiki-real@1.safetensors"
+    assert found["tokenizer"].name == "tok-real.model"
+    assert found["hf_config"].name == "config.json"
+    assert [f for _, f in calls] == ["config.json", *names.values()]
+
+
+def test_missing_file_in_repo_is_one_line(isolated, monkeypatch, tmp_path):
+    e = registry.get_entry("hibiki-2b-pytorch-bf16")
+    fake, _ = _fake_hub(tmp_path, {e.weights: b"x"})  # mimi and tokenizer absent
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    with pytest.raises(ModelNotFoundError) as ei:
+        registry.download(e.name)
+    assert "\n" not in str(ei.value) and e.mimi in str(ei.value)
+
+
+def test_progress_flag_restores_progress_bars(isolated, monkeypatch, tmp_path):
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    e = registry.get_entry("moshiko-bf16")
+    enable_progress_bars()  # an earlier test may have left them off
+    if are_progress_bars_disabled():
+        pytest.skip("HF_HUB_DISABLE_PROGRESS_BARS is set in the environment")
+    seen = []
+
+    def fake(repo_id, filename, **kwargs):
+        seen.append(are_progress_bars_disabled())
+        p = tmp_path / filename
+        p.write_bytes(b"x")
+        return str(p)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    registry.download(e.name, progress=False)
+    assert seen and all(seen)
+    assert not are_progress_bars_disabled()
