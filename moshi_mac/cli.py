@@ -92,7 +92,9 @@ def cmd_make_random(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="moshi-mac", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="moshi-mac",
+        description="Kyutai's Moshi, Hibiki and Hibiki-Zero speech models on MLX.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("models", help="list known models and whether they are on disk")
@@ -117,7 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace --out if it exists")
     s.add_argument("--mimi", type=Path, help="use this Mimi checkpoint instead of a random one")
     s.set_defaults(func=cmd_make_random)
+
+    for name in COMMAND_MODULES:
+        module = _command_module(name)
+        if module is not None:
+            module.register(sub)
     return p
+
+
+# Modules that add their own subcommands with `register(subparsers)`; each handler is
+# `main(args) -> int`. Heavy imports stay inside the handlers so `--help` is fast.
+COMMAND_MODULES = ["translate", "live", "doctor", "convert", "bench"]
+
+
+def _command_module(name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(f"moshi_mac.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"moshi_mac.{name}":  # not written yet in this checkout
+            return None
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,7 @@ looks like (e.g. Moshi-7B weights given the hibiki-1b config).
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +23,10 @@ from mlx.utils import tree_flatten
 from .config import LmConfig
 from .errors import WeightsMismatchError
 from .models.lm import Lm
+from .safetensors_io import TensorInfo, save_safetensors_streamed  # noqa: F401 (re-export)
+from .safetensors_io import read_header as _read_header
 
 FLOAT_DTYPES = {"BF16", "F16", "F32"}
-_ST_TO_MX = {"BF16": mx.bfloat16, "F16": mx.float16, "F32": mx.float32, "U32": mx.uint32,
-             "I64": mx.int64, "I32": mx.int32, "U8": mx.uint8, "BOOL": mx.bool_}
 _VALID_BITS = (2, 3, 4, 5, 6, 8)
 _VALID_GROUPS = (32, 64, 128)
 
@@ -38,37 +35,9 @@ _VALID_GROUPS = (32, 64, 128)
 # Safetensors headers
 # ---------------------------------------------------------------------------------------
 
-@dataclass
-class TensorInfo:
-    dtype: str
-    shape: tuple[int, ...]
-
-
 def read_header(path: str | Path) -> dict[str, TensorInfo]:
-    """Names, dtypes and shapes of a safetensors file; checks it is complete."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsMismatchError(f"weights file {path} does not exist")
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise ValueError("shorter than a safetensors header")
-            (n,) = struct.unpack("<Q", raw)
-            if n > min(size - 8, 100_000_000):
-                raise ValueError("header length is beyond the end of the file")
-            header = json.loads(f.read(n))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise WeightsMismatchError(
-            f"{path} is not a readable safetensors file ({e}); re-download it") from None
-    header.pop("__metadata__", None)
-    end = max((v["data_offsets"][1] for v in header.values()), default=0)
-    if 8 + n + end > size:
-        raise WeightsMismatchError(
-            f"{path} is truncated: {size} bytes on disk, the header describes {8 + n + end}; "
-            f"re-download it")
-    return {k: TensorInfo(v["dtype"], tuple(v["shape"])) for k, v in header.items()}
+    """Names, dtypes and shapes of an LM weights file; checks it is complete."""
+    return _read_header(path, "weights file", "re-download it", WeightsMismatchError)
 
 
 def detect_layout(names) -> str:
@@ -526,38 +495,91 @@ def quantize_tensors(tensors: dict[str, mx.array], quant: Quantization) -> dict[
     return out
 
 
-_MX_TO_ST = {mx.bfloat16: "BF16", mx.float16: "F16", mx.float32: "F32", mx.uint32: "U32",
-             mx.int32: "I32", mx.int64: "I64", mx.uint8: "U8"}
+# ---------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------
+
+def default_dtype():
+    """bf16 on Apple GPUs and CUDA; fp32 on the CPU backend, where MLX runs it faster."""
+    return mx.bfloat16 if mx.default_device() == mx.gpu else mx.float32
 
 
-def save_safetensors_streamed(path: str | Path, tensors: dict[str, mx.array],
-                              metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file evaluating one (lazy) tensor at a time, so writing a 7B
-    model needs the memory of its largest tensor, not of the model. Atomic: a temp file
-    in the same folder is renamed into place."""
-    import numpy as np
+def load_lm(path: str | Path, cfg: LmConfig, cfg_name: str = "config", dtype=None,
+            expect_quant: str | None = None) -> tuple[Lm, CheckReport]:
+    """Check, then build the model with the file's tensors (memory-mapped by MLX)."""
+    report = check_weights(path, cfg, cfg_name, expect_quant)
+    dtype = dtype or default_dtype()
+    tensors = mx.load(str(path))
+    if report.layout == "pytorch":
+        tensors = pytorch_to_mlx(cfg, tensors)
+    model = Lm(cfg)
+    apply_quantization(model, report.quantization)
+    tensors = {k: (v.astype(dtype) if _is_float(v) and not k.startswith("condition_provider.")
+                   and not k.endswith((".scales", ".biases")) else v)
+               for k, v in tensors.items()}
+    model.load_weights(list(tensors.items()), strict=True)
+    if cfg.moshi_mac.text_eos_alias_pad:
+        alias_eos_to_pad(model)
+    mx.eval(model.parameters())
+    return model, report
 
-    path = Path(path)
-    header: dict = {"__metadata__": metadata or {"format": "mlx"}}
-    offset = 0
+
+def _is_float(v: mx.array) -> bool:
+    return v.dtype in (mx.bfloat16, mx.float16, mx.float32)
+
+
+def alias_eos_to_pad(model: Lm, eos: int = 2, pad: int = 3) -> None:
+    """Hibiki: the text embedding of EOS becomes PAD's (CheckpointInfo.get_moshi)."""
+    emb = model.text_emb
+    if hasattr(emb, "scales"):
+        for name in ("weight", "scales", "biases"):
+            arr = getattr(emb, name)
+            arr[eos] = arr[pad]
+    else:
+        emb.weight[eos] = emb.weight[pad]
+
+
+def apply_quantization(model: Lm, quant: Quantization) -> None:
+    if not quant.modules:
+        return
+
+    def predicate(path, module):
+        q = quant.modules.get(path)
+        return {"bits": q[0], "group_size": q[1]} if q else False
+
+    nn.quantize(model, class_predicate=predicate)
+
+
+def quantization_plan(model: Lm, bits: int, group_size: int) -> Quantization:
+    """Which leaves `quantize_model` would quantize (see `quantizable`), without doing it."""
+    quant = Quantization()
+    flat = dict(tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module))
+    for path, m in flat.items():
+        w = getattr(m, "weight", None) if hasattr(m, "to_quantized") else None
+        if w is not None and quantizable(path, tuple(w.shape)) and w.shape[-1] % group_size == 0:
+            quant.modules[path] = (bits, group_size)
+    return quant
+
+
+def quantize_model(model: Lm, bits: int, group_size: int) -> Quantization:
+    """Quantize every quantizable leaf in place and return what was done."""
+    quant = quantization_plan(model, bits, group_size)
+    apply_quantization(model, quant)
+    return quant
+
+
+QUANT_PRESETS = {"q8": (8, 64), "q4": (4, 32)}
+
+
+def quantize_tensors(tensors: dict[str, mx.array], quant: Quantization) -> dict[str, mx.array]:
+    """MLX-layout tensors -> the same with `quant`'s modules packed (lazily, per tensor)."""
+    out = {}
     for name, v in tensors.items():
-        nbytes = v.nbytes
-        header[name] = {"dtype": _MX_TO_ST[v.dtype], "shape": list(v.shape),
-                        "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for v in tensors.values():
-                mx.eval(v)
-                if v.dtype in (mx.bfloat16, mx.float16):
-                    v = v.view(mx.uint16)
-                f.write(np.asarray(v).tobytes())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        mod = name.rsplit(".", 1)[0]
+        q = quant.modules.get(mod) if name.endswith(".weight") else None
+        if q is None:
+            out[name] = v
+            continue
+        w, scales, biases = mx.quantize(v, group_size=q[1], bits=q[0])
+        out[name], out[f"{mod}.scales"], out[f"{mod}.biases"] = w, scales.astype(v.dtype), biases.astype(v.dtype)
+    return out

@@ -175,5 +175,5 @@ def test_check_cli_subprocess_exit_code(make_model, tmp_path):
 def test_header_reader_rejects_non_safetensors(tmp_path):
     p = tmp_path / "x.safetensors"
     p.write_bytes(b"hello world, not a model")
-    with pytest.raises(Exception, match="not a readable safetensors file|truncated"):
+    with pytest.raises(Exception, match="is not a safetensors file"):
         read_header(p)
