@@ -479,11 +479,13 @@ def _json_ff_to_rust(d_model: int, dim_feedforward: int, gating: str | None, whe
 
 
 def from_json_dict(raw: dict, source: str = "config.json") -> LmConfig:
-    known = set(_JSON_DEFAULTS) | _JSON_META | _JSON_DEP_KEYS | {"depformer_gating"}
+    known = set(_JSON_DEFAULTS) | _JSON_META | _JSON_DEP_KEYS | {"depformer_gating", "demux_second_stream"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{source}: unknown key {key!r}{_closest(key, known)}")
     j = {**_JSON_DEFAULTS, **{k: v for k, v in raw.items() if k not in _JSON_META}}
+    if "demux_second_stream" in j:  # the older name, renamed by get_moshi_lm
+        j["demux_second_text_stream"] = j.pop("demux_second_stream")
 
     def fail(msg):
         raise ConfigError(f"{source}: {msg}")
