@@ -9,6 +9,8 @@ and a SentencePiece text tokenizer (*.model). `--weights DIR` accepts such a fol
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,17 +42,29 @@ def _one(folder: Path, patterns: list[str], role: str, exclude=()) -> Path:
                              f"keep one")
 
 
-def from_dir(folder: str | Path) -> ModelFiles:
+MIMI_PATTERNS = ["tokenizer-*.safetensors", "mimi*.safetensors"]
+
+
+def lm_weight_files(folder: str | Path) -> list[Path]:
+    """Every LM weights file of a folder (its safetensors files but Mimi's)."""
+    folder = Path(folder)
+    mimi = {p for pat in MIMI_PATTERNS for p in folder.glob(pat)}
+    return sorted(set(folder.glob("*.safetensors")) - mimi)
+
+
+def from_dir(folder: str | Path, weights: Path | None = None) -> ModelFiles:
+    """The files of a model folder; `weights` picks one LM file where there are several."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelNotFoundError(f"--weights {folder}: no such directory")
     config = folder / "config.toml"
     if not config.is_file():
         config = _one(folder, ["config.json", "*.toml"], "config")
-    mimi = _one(folder, ["tokenizer-*.safetensors", "mimi*.safetensors"], "Mimi")
-    weights = _one(folder, ["*.safetensors"], "LM weights", exclude=[mimi])
+    mimi = _one(folder, MIMI_PATTERNS, "Mimi")
+    if weights is None:
+        weights = _one(folder, ["*.safetensors"], "LM weights", exclude=[mimi])
     tokenizer = _one(folder, ["*.model"], "text tokenizer")
-    return ModelFiles(folder.name, config, weights, mimi, tokenizer)
+    return ModelFiles(folder.name, config, Path(weights), mimi, tokenizer)
 
 
 def resolve(model: str | None = None, weights: str | Path | None = None,
@@ -81,6 +95,18 @@ def config_label(path: Path, cfg: LmConfig) -> str:
                 (r.d_model, r.num_layers, ref.text_in_vocab_size, ref.audio_codebooks):
             return shipped.stem if path.stem == shipped.stem else f"{path.name} ({shipped.stem})"
     return path.name
+
+
+def link_or_copy(src: str | Path, dst: Path) -> None:
+    """Put a model file into a folder: a hard link when possible (no extra disk), else a
+    copy. Symlinks are followed (the Hugging Face cache links to blobs)."""
+    src = Path(src).resolve()
+    if not src.is_file():
+        raise MoshiMacError(f"{src}: no such file")
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 @dataclass

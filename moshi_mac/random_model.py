@@ -89,6 +89,7 @@ def make_random_model(config: LmConfig, out: str | Path, *, tiny: bool = False,
     """Write a complete random model directory (see the module docstring). `mimi` reuses
     an existing Mimi checkpoint (hard-linked when possible) instead of a random one."""
     from .mimi_random import write_random_mimi
+    from .modeldir import link_or_copy
     from .tokenizer import train_random_tokenizer
     from .weights import (QUANT_PRESETS, mlx_to_pytorch, quantization_plan, quantize_tensors,
                           save_safetensors_streamed)
@@ -122,7 +123,7 @@ def make_random_model(config: LmConfig, out: str | Path, *, tiny: bool = False,
         if mimi is None:
             write_random_mimi(work / MIMI_FILE, seed=seed, num_codebooks=32)
         else:
-            _link_or_copy(Path(mimi), work / MIMI_FILE)
+            link_or_copy(mimi, work / MIMI_FILE)
         tok = train_random_tokenizer(work / f"tokenizer_spm_{cfg.text_out_vocab_size}",
                                      cfg.text_out_vocab_size, seed=seed)
         for extra in work.glob("*.vocab"):  # SentencePiece's human-readable side file
@@ -135,11 +136,3 @@ def make_random_model(config: LmConfig, out: str | Path, *, tiny: bool = False,
             shutil.rmtree(work, ignore_errors=True)
     return RandomModel(out, cfg, out / weights.name, out / MIMI_FILE, out / Path(tok).name)
 
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    if not src.is_file():
-        raise MoshiMacError(f"--mimi {src}: no such file")
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)

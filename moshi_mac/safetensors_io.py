@@ -67,7 +67,11 @@ def save_safetensors_streamed(path: str | Path, tensors: dict[str, mx.array],
                               metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file evaluating one (lazy) tensor at a time, so writing a 7B
     model needs the memory of its largest tensor, not of the model. Atomic: a temp file
-    in the same folder is renamed into place."""
+    in the same folder is renamed into place.
+
+    The dict is consumed: each entry is removed once written, so its memory can be freed
+    (pass a copy to keep it). Build it from lazy sources (e.g. `mx.load`, whose arrays
+    read the file only when evaluated) and keep no other reference to them."""
     import numpy as np
 
     path = Path(path)
@@ -84,11 +88,13 @@ def save_safetensors_streamed(path: str | Path, tensors: dict[str, mx.array],
         with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(raw)))
             f.write(raw)
-            for v in tensors.values():
+            for name in list(tensors):
+                v = tensors.pop(name)
                 mx.eval(v)
                 if v.dtype in (mx.bfloat16, mx.float16):
                     v = v.view(mx.uint16)
                 f.write(np.asarray(v).tobytes())
+                del v
         os.replace(tmp, path)
     finally:
         if tmp.exists():
