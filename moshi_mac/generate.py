@@ -12,6 +12,7 @@ Nothing here forces a device sync: tokens come back as lazy `mx.array`s, so call
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -53,11 +54,15 @@ class LmGen:
         self.batch_size = batch_size
         self.opts = (options or GenOptions()).resolve(cfg.moshi_mac.generation)
         self.check = check
+        # Two independent streams of randomness from one seed (seed s and s + 1 share none).
         seed = self.opts.seed
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        text_key, audio_key = mx.random.split(mx.random.key(seed))
         self.text_sampler = Sampler(self.opts.temp_text, self.opts.top_k_text, self.opts.top_p_text,
-                                    not self.opts.greedy, None if seed is None else seed)
+                                    not self.opts.greedy, key=text_key)
         self.audio_sampler = Sampler(self.opts.temp, self.opts.top_k, self.opts.top_p,
-                                     not self.opts.greedy, None if seed is None else seed + 1)
+                                     not self.opts.greedy, key=audio_key)
         self.delays = list(cfg.delays)
         self.max_delay = max(self.delays)
         self.dep_q = cfg.dep_q

@@ -7,18 +7,21 @@ off or temp <= 0. Keys are split per call so a seed makes a run repeatable.
 
 from __future__ import annotations
 
+import os
+
 import mlx.core as mx
 
 
 class Sampler:
     def __init__(self, temp: float = 1.0, top_k: int = 0, top_p: float = 0.0,
-                 use_sampling: bool = True, seed: int | None = None):
+                 use_sampling: bool = True, seed: int | None = None, key: mx.array | None = None):
         self.temp = temp
         self.top_k = top_k
         self.top_p = top_p
         self.use_sampling = use_sampling and temp > 0
-        self.key = mx.random.key(seed if seed is not None else int.from_bytes(
-            __import__("os").urandom(4), "little"))
+        if key is None:
+            key = mx.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+        self.key = key
 
     def _next_key(self) -> mx.array:
         self.key, sub = mx.random.split(self.key)
