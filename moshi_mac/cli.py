@@ -30,8 +30,10 @@ def cmd_models(args) -> int:
     from . import registry
 
     table = Table(title="moshi-mac models")
-    for col in ("name", "repo", "config", "quant", "layout", "local"):
-        table.add_column(col)
+    table.add_column("name", no_wrap=True)
+    table.add_column("repo", overflow="fold")
+    for col in ("config", "quant", "layout", "local"):
+        table.add_column(col, no_wrap=True)
     for e in registry.list_models():
         local = registry.local_files(e)
         table.add_row(e.name, e.repo, e.config, e.quantization, e.layout,
