@@ -277,8 +277,8 @@ def describe_file(header: dict[str, TensorInfo]) -> str:
     if te is not None:
         rows = te.shape[0]
         guess = {32001: "Moshi 7B", 48001: "Hibiki / Hibiki-Zero"}.get(rows)
-        width = "quantized" if te.dtype == "U32" else str(te.shape[1])
-        text = f"text_emb {rows}x{width}" + (f", looks like {guess}" if guess else "")
+        shape = f"{rows} rows, quantized" if te.dtype == "U32" else f"{rows}x{te.shape[1]}"
+        text = f"text_emb {shape}" + (f", looks like {guess}" if guess else "")
     n_layers = len({m[1] for k in header if (m := re.match(r"transformer\.layers\.(\d+)\.", k))})
     parts = [f"{layout} layout", f"{len(header)} tensors", f"{n_layers} layers"]
     if text:
@@ -287,7 +287,8 @@ def describe_file(header: dict[str, TensorInfo]) -> str:
 
 
 def describe_config(cfg: LmConfig, name: str) -> str:
-    return (f"the {name} config expects text_emb {cfg.text_in_vocab_size}x{cfg.transformer.d_model}, "
+    label = name if "config" in name else f"the {name} config"
+    return (f"{label} expects text_emb {cfg.text_in_vocab_size}x{cfg.transformer.d_model}, "
             f"{cfg.transformer.num_layers} layers")
 
 
