@@ -73,7 +73,7 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> tuple[np.nda
 
 
 @contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success move it onto `path`, else delete it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -95,7 +95,7 @@ def _write(path: str | Path, frames: np.ndarray, sample_rate: int, subtype: str)
     if subtype.startswith("PCM"):
         frames = np.clip(frames, -1.0, 1.0)  # libsndfile wraps out-of-range floats
     try:
-        with _atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             sf.write(str(tmp), frames, sample_rate, subtype=subtype, format="WAV")
     except OSError as e:
         raise MoshiMacError(f"cannot write {path} ({e.strerror or e}); "

@@ -1,0 +1,120 @@
+"""Timed transcripts: the text a model speaks, as SRT or WebVTT subtitles and as JSON.
+
+Owns the timed units (`Token`: one text token and its time; `Word`: a word with start and
+end), `make_cues` (words grouped into subtitle cues by length, duration, pauses and
+sentence ends), the SRT / WebVTT / JSON renderers, and `write_transcript`, which writes the
+subtitle file and the JSON (per-word and per-token times) atomically.
+Times are seconds on the timeline of the audio the transcript goes with.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .audio_io import atomic_path
+from .errors import MoshiMacError
+
+FORMATS = ("srt", "vtt")
+SENTENCE_END = (".", "?", "!", "…")
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    piece: str  # as the tokenizer writes it ("▁" marks a word start)
+    time: float
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Cue:
+    start: float
+    end: float
+    text: str
+
+
+def make_cues(words: list[Word], max_chars: int = 84, max_duration: float = 6.0,
+              max_gap: float = 1.0) -> list[Cue]:
+    """Group words into cues: a new cue after a sentence end, a pause longer than
+    `max_gap`, or when the cue would pass `max_chars` characters or `max_duration` s."""
+    cues: list[Cue] = []
+    group: list[Word] = []
+
+    def flush() -> None:
+        if group:
+            cues.append(Cue(group[0].start, group[-1].end, " ".join(w.text for w in group)))
+            group.clear()
+
+    for w in words:
+        if group:
+            last = group[-1]
+            length = sum(len(g.text) + 1 for g in group) + len(w.text)
+            if (last.text.endswith(SENTENCE_END) or w.start - last.end > max_gap
+                    or length > max_chars or w.end - group[0].start > max_duration):
+                flush()
+        group.append(w)
+    flush()
+    return cues
+
+
+def _timestamp(t: float, decimal: str) -> str:
+    ms = max(0, round(t * 1000))
+    h, rest = divmod(ms, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    s, ms = divmod(rest, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{decimal}{ms:03d}"
+
+
+def format_srt(cues: list[Cue]) -> str:
+    blocks = [f"{i}\n{_timestamp(c.start, ',')} --> {_timestamp(c.end, ',')}\n{c.text}\n"
+              for i, c in enumerate(cues, 1)]
+    return "\n".join(blocks)
+
+
+def format_vtt(cues: list[Cue]) -> str:
+    blocks = [f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}\n{c.text}\n" for c in cues]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def transcript_dict(text: str, words: list[Word], tokens: list[Token], **meta) -> dict:
+    """The JSON transcript: `meta` (model, input, durations, ...), the text, the cues,
+    every word with start/end and every printed token with its time."""
+    return {
+        **meta,
+        "text": text,
+        "segments": [asdict(c) for c in make_cues(words)],
+        "words": [asdict(w) for w in words],
+        "tokens": [asdict(t) for t in tokens],
+    }
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise MoshiMacError(f"cannot write {path} ({e.strerror or e}); "
+                            f"choose a writable output path") from None
+    return path
+
+
+def write_transcript(subtitles: Path, json_path: Path, text: str, words: list[Word],
+                     tokens: list[Token], **meta) -> tuple[Path, Path]:
+    """Write `subtitles` (.srt or .vtt, by its suffix) and the JSON transcript."""
+    fmt = subtitles.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise MoshiMacError(f"subtitle format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    cues = make_cues(words)
+    write_text_atomic(subtitles, format_srt(cues) if fmt == "srt" else format_vtt(cues))
+    doc = transcript_dict(text, words, tokens, **meta)
+    write_text_atomic(json_path, json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
+    return subtitles, json_path

@@ -1,0 +1,278 @@
+"""`moshi-mac translate`: run a model over audio files. Hibiki translates them; Moshi
+answers them (its spoken replies to the file, as if the file were the user).
+
+For each input (wav, mp3, flac or ogg, any rate and channel count, converted to 24 kHz
+mono) it writes, next to the input or under `-o`:
+    NAME-out.wav          the generated speech, 24 kHz mono
+    NAME-out.srt / .vtt   the generated text as subtitles
+    NAME-out.json         the text with per-word and per-token times
+    NAME-out-stereo.wav   with --stereo: the input left, the output right
+Existing files are only replaced with --force; every file is written atomically, and
+Ctrl-C keeps valid partial outputs of the file being processed.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .engine import FRAME_S
+from .errors import MoshiMacError
+
+DEFAULT_MAX_TAIL_S = 15.0
+
+
+def register(subparsers) -> None:
+    from .cli import add_model_args
+    from .engine import add_generation_args
+
+    p = subparsers.add_parser(
+        "translate", help="translate audio files (Hibiki) or answer them (Moshi)",
+        description="Run a model over audio files and write the generated speech, "
+                    "timed subtitles and a JSON transcript for each.")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="wav, mp3, flac or ogg files")
+    p.add_argument("-o", "--out", type=Path,
+                   help="output folder, or (one input) the output .wav; default: beside each input")
+    add_model_args(p)
+    p.add_argument("--subtitles", choices=["srt", "vtt"], default="srt", help="default: srt")
+    p.add_argument("--stereo", action="store_true",
+                   help="also write a stereo wav: input left, output right")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--max-tail", type=float, default=DEFAULT_MAX_TAIL_S, metavar="SECONDS",
+                   help="Hibiki: the most silence fed after the input while waiting for the "
+                        f"end of the translation (default {DEFAULT_MAX_TAIL_S:g})")
+    add_generation_args(p)
+    p.set_defaults(func=main)
+
+
+# ---------------------------------------------------------------------------------------
+# Output files
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class Outputs:
+    wav: Path
+    subtitles: Path
+    json: Path
+    stereo: Path | None
+
+    def all(self) -> list[Path]:
+        return [p for p in (self.wav, self.subtitles, self.json, self.stereo) if p is not None]
+
+
+def plan_outputs(inputs: list[Path], out: Path | None, subtitles: str, stereo: bool) -> list[Outputs]:
+    """The output paths of every input; checks they are distinct and not an input."""
+    if out is not None and out.suffix.lower() == ".wav":
+        if len(inputs) > 1:
+            raise MoshiMacError(f"-o {out} names one file but there are {len(inputs)} inputs; "
+                                f"pass a folder with -o")
+        bases = [out.with_suffix("")]
+    else:
+        bases = [(out if out is not None else p.parent) / f"{p.stem}-out" for p in inputs]
+    plans = [Outputs(b.parent / f"{b.name}.wav", b.parent / f"{b.name}.{subtitles}",
+                     b.parent / f"{b.name}.json",
+                     b.parent / f"{b.name}-stereo.wav" if stereo else None) for b in bases]
+    seen: dict[Path, Path] = {}
+    resolved_inputs = {p.resolve() for p in inputs}
+    for src, plan in zip(inputs, plans):
+        for path in plan.all():
+            key = path.resolve()
+            if key in resolved_inputs:
+                raise MoshiMacError(f"output {path} would overwrite an input; choose another -o")
+            if key in seen:
+                raise MoshiMacError(f"{seen[key]} and {src} would both write {path}; "
+                                    f"rename one or translate them separately")
+            seen[key] = src
+    return plans
+
+
+def check_overwrite(plans: list[Outputs], force: bool) -> None:
+    existing = [p for plan in plans for p in plan.all() if p.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise MoshiMacError(f"{existing[0]} exists{more}; pass --force to overwrite")
+
+
+# ---------------------------------------------------------------------------------------
+# Screen
+# ---------------------------------------------------------------------------------------
+
+class FileProgress:
+    """On a terminal: a progress bar (steps/s, real-time factor, ETA) with the text
+    streaming under it. Otherwise: the text written out as it comes."""
+
+    def __init__(self, console, label: str, total_steps: int, input_steps: int):
+        self.console = console
+        self.tty = console.is_terminal
+        self.input_steps = input_steps
+        self._live = None
+        if self.tty:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeRemainingColumn)
+
+            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("{task.fields[speed]}"),
+                                     TimeRemainingColumn(), console=console, auto_refresh=False)
+            self.task = self.progress.add_task(label, total=input_steps, speed="")
+        self.total_steps = total_steps
+        self.text = ""
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.panel import Panel
+        from rich.text import Text
+
+        tail = self.text.strip()[-400:] or "…"
+        return Group(self.progress, Panel(Text(tail, overflow="fold"), title="text",
+                                          title_align="left", border_style="dim"))
+
+    def __enter__(self):
+        if self.tty:
+            from rich.live import Live
+
+            self._live = Live(self, console=self.console, refresh_per_second=8, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._live is not None:
+            self._live.__exit__(*exc)
+        elif self.text:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        return False
+
+    def on_text(self, pcm, out, text: str) -> None:
+        """Session listener (decode thread)."""
+        if not text:
+            return
+        self.text += text
+        if not self.tty:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def on_step(self, session) -> None:
+        """Session progress hook (LM thread)."""
+        if not self.tty:
+            return
+        steps = session.stepper.steps
+        wall = self.progress.tasks[0].elapsed or 1e-9
+        speed = f"{steps / wall:5.1f} steps/s  RTF {wall / (steps * FRAME_S):.2f}"
+        if steps <= self.input_steps:
+            self.progress.update(self.task, completed=steps, speed=speed)
+        else:
+            self.progress.update(self.task, description="input done, waiting for the end",
+                                 total=self.total_steps, completed=steps, speed=speed)
+
+
+# ---------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------
+
+def translate_file(model, pcm, options, *, max_tail_s: float, pipelined: bool,
+                   slow_s: float = 0.0, progress: FileProgress | None = None):
+    """Run one input through a fresh session; return (session, result)."""
+    from .engine import FileSource, Session
+
+    hibiki = model.is_hibiki
+    source = FileSource(pcm, flush=hibiki, max_tail_frames=math.ceil(max_tail_s / FRAME_S))
+    session = Session(model, options, stop_on_eos=hibiki, slow_s=slow_s)
+    on_step = None
+    if progress is not None:
+        session.listeners.append(progress.on_text)
+        on_step = progress.on_step
+    return session, session.run(source, pipelined=pipelined, on_step=on_step)
+
+
+def _ending(model, result) -> str:
+    if result.interrupted:
+        return "interrupted (partial outputs kept)"
+    if not model.is_hibiki:
+        return "end of input"
+    return "end of translation (EOS)" if result.eos_reached else "tail limit reached before EOS"
+
+
+def write_outputs(plan: Outputs, model, session, result, src_pcm, report) -> None:
+    from .audio_io import write_stereo_wav_atomic, write_wav_atomic
+    from .codec import FRAME_RATE, SAMPLE_RATE
+    from .transcript import write_transcript
+
+    write_wav_atomic(plan.wav, result.pcm, SAMPLE_RATE)
+    if plan.stereo is not None:
+        write_stereo_wav_atomic(plan.stereo, src_pcm, result.pcm, SAMPLE_RATE)
+    text = session.text
+    opts = session.stepper.gen.opts
+    write_transcript(
+        plan.subtitles, plan.json, text.text.strip(), text.words, text.tokens,
+        model=model.name, model_type=model.cfg.moshi_mac.model_type, input=str(report.path),
+        input_audio={"sample_rate": report.sample_rate, "channels": report.channels,
+                     "duration": round(report.duration, 3)},
+        sample_rate=SAMPLE_RATE, frame_rate=FRAME_RATE, duration=round(result.duration, 3),
+        steps=result.steps, wall_s=round(result.wall_s, 3), pipelined=result.pipelined,
+        sampling={k: getattr(opts, k) for k in ("seed", "cfg_coef", "temp", "top_k", "temp_text",
+                                                  "top_k_text", "greedy")},
+        end_of_text=result.eos_reached,
+        interrupted=result.interrupted, ending=_ending(model, result))
+
+
+def main(args) -> int:
+    from rich.table import Table
+
+    from .audio_io import read_audio
+    from .cli import console
+    from .codec import FRAME_SIZE
+    from .engine import gen_options, load_model
+
+    if args.max_tail < 0:
+        raise MoshiMacError(f"--max-tail must be >= 0 seconds, got {args.max_tail}")
+    plans = plan_outputs(args.inputs, args.out, args.subtitles, args.stereo)
+    check_overwrite(plans, args.force)
+    audio = []
+    for path in args.inputs:
+        pcm, report = read_audio(path)
+        console.print(f"[dim]input[/] {report.summary()}", highlight=False)
+        audio.append((pcm, report))
+    with console.status("loading the model"):
+        model = load_model(args.model, args.weights)
+    options = gen_options(args)
+    what = "translating" if model.is_hibiki else "answering"
+    console.print(f"[dim]model[/] {model.name}: {model.cfg.summary()}", highlight=False)
+
+    summary = Table(title=f"moshi-mac translate ({model.name}, "
+                          f"{'sequential' if args.sequential else 'pipelined'})")
+    for col in ("input", "output", "steps", "wall", "steps/s", "RTF", "ending"):
+        summary.add_column(col)
+    rc = 0
+    for (pcm, report), plan in zip(audio, plans):
+        input_steps = -(-pcm.size // FRAME_SIZE) + 1
+        tail = math.ceil(args.max_tail / FRAME_S) + 1 if model.is_hibiki else 0
+        with FileProgress(console, f"{what} {report.path.name}", input_steps + tail,
+                          input_steps) as progress:
+            if not progress.tty:
+                console.print(f"{what} {report.path.name}:", highlight=False)
+            session, result = translate_file(model, pcm, options, max_tail_s=args.max_tail,
+                                             pipelined=not args.sequential,
+                                             slow_s=args.debug_step_delay_ms / 1000,
+                                             progress=progress)
+        if progress.tty and session.text.text.strip():
+            console.print(session.text.text.strip(), highlight=False)
+        write_outputs(plan, model, session, result, pcm, report)
+        wall = max(result.wall_s, 1e-9)
+        rtf = f"{wall / (result.steps * FRAME_S):.2f}" if result.steps else "-"
+        summary.add_row(report.path.name, f"{plan.wav.name} ({result.duration:.2f} s)",
+                        str(result.steps), f"{wall:.1f} s", f"{result.steps / wall:.1f}", rtf,
+                        _ending(model, result))
+        console.print("[green]wrote[/] " + ", ".join(str(p) for p in plan.all()), highlight=False)
+        if result.early_eos:
+            console.print(f"[yellow]warning:[/] the model sampled the end of text "
+                          f"{result.early_eos} time(s) before the input ended")
+        if result.interrupted:
+            rc = 130
+            break
+    console.print(summary)
+    if rc:
+        console.print("interrupted: the outputs above are complete files holding what was "
+                      "generated before Ctrl-C")
+    return rc
