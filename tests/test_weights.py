@@ -177,3 +177,40 @@ def test_header_reader_rejects_non_safetensors(tmp_path):
     p.write_bytes(b"hello world, not a model")
     with pytest.raises(Exception, match="is not a safetensors file"):
         read_header(p)
+
+
+def _sparse_real_shape_weights(cfg, path):
+    """A real-shape bf16 MLX-layout file whose data is a hole: `check` reads headers only."""
+    import json
+    import math
+    import struct
+
+    from moshi_mac.weights import expected_mlx_shapes
+
+    header, offset = {}, 0
+    for name, shape in expected_mlx_shapes(cfg).items():
+        n = math.prod(shape) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        f.truncate(8 + len(raw) + offset)
+
+
+def test_classic_failure_real_shapes(make_model, tmp_path, capsys):
+    """The predecessor's weeks-long bug: Moshi-7B weights (text_emb 32001x4096) with the
+    Hibiki-1B config (48001x2048), at the real shapes, named in one line."""
+    folder = _copy(make_model, "moshi-7b", tmp_path)
+    (folder / "model.safetensors").unlink()
+    _sparse_real_shape_weights(load_config(ROOT / "configs" / "moshi-7b.toml"), folder / "model.safetensors")
+    shutil.copy(ROOT / "configs" / "moshi-7b.toml", folder / "config.toml")
+    for p in folder.glob("*.model"):
+        p.unlink()
+    train_random_tokenizer(folder / "tokenizer_spm_32000", 32000)
+    assert check_model(from_dir(folder)).weights.n_params > 7e9  # the right config passes
+    shutil.copy(ROOT / "configs" / "hibiki-1b.toml", folder / "config.toml")
+    _check_fails(capsys, folder, "text_emb.weight is 32001x4096, expected 48001x2048",
+                 "looks like Moshi 7B", "expects text_emb 48001x2048, 16 layers")
