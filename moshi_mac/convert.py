@@ -91,7 +91,8 @@ def convert(src: str | Path, out: str | Path, quantize: str | None = None, *, fo
     from .modeldir import check_model, from_dir, link_or_copy
     from .models.lm import Lm
     from .random_model import LM_FILE
-    from .weights import QUANT_PRESETS, quantization_plan, read_header, save_safetensors_streamed
+    from .safetensors_io import save_safetensors_streamed
+    from .weights import QUANT_PRESETS, quantization_plan, read_header
 
     if quantize is not None and quantize not in QUANT_PRESETS:
         raise MoshiMacError(f"--quantize must be one of {', '.join(QUANT_PRESETS)}, got {quantize!r}")
@@ -150,7 +151,7 @@ def convert(src: str | Path, out: str | Path, quantize: str | None = None, *, fo
 def verify(src_files, out: Path, steps: int = 16):
     """Teacher-forced logits of the converted model vs the source (see doctor.Agreement)."""
     from .config import load_config
-    from .doctor import logit_agreement, probe_codes, score_probe
+    from .doctor.numerics import logit_agreement, probe_codes, score_probe
     from .modeldir import from_dir
     from .weights import load_lm
 

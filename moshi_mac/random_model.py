@@ -91,8 +91,8 @@ def make_random_model(config: LmConfig, out: str | Path, *, tiny: bool = False,
     from .mimi_random import write_random_mimi
     from .modeldir import link_or_copy
     from .tokenizer import train_random_tokenizer
-    from .weights import (QUANT_PRESETS, mlx_to_pytorch, quantization_plan, quantize_tensors,
-                          save_safetensors_streamed)
+    from .safetensors_io import save_safetensors_streamed
+    from .weights import QUANT_PRESETS, mlx_to_pytorch, quantization_plan, quantize_tensors
 
     if layout not in ("mlx", "pytorch"):
         raise MoshiMacError(f"--layout must be mlx or pytorch, got {layout!r}")

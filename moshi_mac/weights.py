@@ -23,7 +23,7 @@ from mlx.utils import tree_flatten
 from .config import LmConfig
 from .errors import WeightsMismatchError
 from .models.lm import Lm
-from .safetensors_io import TensorInfo, save_safetensors_streamed  # noqa: F401 (re-export)
+from .safetensors_io import TensorInfo
 from .safetensors_io import read_header as _read_header
 
 FLOAT_DTYPES = {"BF16", "F16", "F32"}

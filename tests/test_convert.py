@@ -22,7 +22,7 @@ import pytest
 from moshi_mac import cli
 from moshi_mac.config import load_config, to_json_dict
 from moshi_mac.convert import convert
-from moshi_mac.doctor import logit_agreement, probe_codes, score_probe
+from moshi_mac.doctor.numerics import logit_agreement, probe_codes, score_probe
 from moshi_mac.errors import MoshiMacError
 from moshi_mac.modeldir import check_model, from_dir
 from moshi_mac.weights import expected_mlx_shapes, load_lm, read_header

@@ -13,9 +13,9 @@ from moshi_mac import cli
 from moshi_mac.config import load_config
 from moshi_mac.mimi_random import write_random_mimi
 from moshi_mac.modeldir import check_model, from_dir
-from moshi_mac.random_model import make_random_model
 from moshi_mac.tokenizer import train_random_tokenizer
-from moshi_mac.weights import load_lm, read_header, save_safetensors_streamed
+from moshi_mac.safetensors_io import save_safetensors_streamed
+from moshi_mac.weights import load_lm, read_header
 
 from .conftest import CONFIG_NAMES, ROOT
 

@@ -1,0 +1,114 @@
+"""Loading the native format: the Rust `moshi::lm::Config` TOML schema plus `[moshi_mac]`.
+
+Plain dicts become dataclasses; unknown keys are named with the closest known one, and
+missing required keys, wrong types and inconsistencies are one-line `ConfigError`s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+from ..errors import ConfigError
+from .schema import (DepformerConfig, ExtraConfig, ExtraHeadsConfig, GenerationConfig, LmConfig,
+                     LutConditionerConfig, TransformerConfig)
+
+def _closest(key: str, known) -> str:
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a table, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"unknown key {where}.{key}{_closest(key, fields)}")
+    missing = [n for n, f in fields.items()
+               if n not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where} is missing required key(s): {', '.join(missing)}")
+    return cls(**data)
+
+
+def _build_transformer(data: dict, where: str) -> TransformerConfig:
+    data = dict(data)
+    if isinstance(data.get("gating"), str) and data["gating"].lower() in ("none", ""):
+        data["gating"] = None
+    t = _build(TransformerConfig, data, where)
+    _check_types(t, where)
+    return t
+
+
+def _check_types(obj, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        want = f.type if isinstance(f.type, str) else str(f.type)
+        if want == "int" and not (isinstance(v, int) and not isinstance(v, bool)):
+            raise ConfigError(f"{where}.{f.name} must be an integer, got {v!r}")
+        if want == "bool" and not isinstance(v, bool):
+            raise ConfigError(f"{where}.{f.name} must be true or false, got {v!r}")
+
+
+def from_toml_dict(data: dict, source: str = "config") -> LmConfig:
+    data = dict(data)
+    known = {f.name for f in dataclasses.fields(LmConfig)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {key!r}{_closest(key, known)}")
+    try:
+        if "transformer" not in data:
+            raise ConfigError("missing the [transformer] table")
+        transformer = _build_transformer(data.pop("transformer"), "transformer")
+        depformer = None
+        if "depformer" in data:
+            dep = dict(data.pop("depformer"))
+            if "transformer" not in dep:
+                raise ConfigError("missing the [depformer.transformer] table")
+            dep_t = _build_transformer(dep.pop("transformer"), "depformer.transformer")
+            depformer = _build(DepformerConfig, {"transformer": dep_t, **dep}, "depformer")
+        conditioners = {}
+        for name, c in (data.pop("conditioners", None) or {}).items():
+            c = dict(c)
+            ctype = c.get("type", "Lut")
+            if ctype != "Lut":
+                raise ConfigError(f"conditioners.{name}: only type = \"Lut\" is supported, got {ctype!r}")
+            conditioners[name] = _build(LutConditionerConfig, c, f"conditioners.{name}")
+        extra_heads = data.pop("extra_heads", None)
+        if extra_heads is not None:
+            extra_heads = _build(ExtraHeadsConfig, extra_heads, "extra_heads")
+        mm = dict(data.pop("moshi_mac", {}))
+        gen = _build(GenerationConfig, mm.pop("generation", {}), "moshi_mac.generation")
+        extra = _build(ExtraConfig, {**mm, "generation": gen}, "moshi_mac")
+        cfg = _build(LmConfig, {
+            **data, "transformer": transformer, "depformer": depformer,
+            "conditioners": conditioners, "extra_heads": extra_heads, "moshi_mac": extra,
+        }, "config")
+        _check_types(cfg, "config")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except TypeError as e:  # pragma: no cover - defensive
+        raise ConfigError(f"{source}: {e}") from None
+    if not cfg.moshi_mac.delays:
+        cfg.moshi_mac.delays = default_delays(cfg)
+    _default_conditions(cfg.moshi_mac.generation, cfg.conditioners)
+    return cfg.validate(source)
+
+
+def _default_conditions(gen: GenerationConfig, conditioners: dict) -> None:
+    """Labels the reference uses when a file names none (moshi/run_inference.py)."""
+    for name, c in conditioners.items():
+        values = c.possible_values
+        gen.conditions.setdefault(name, "very_good" if "very_good" in values else values[-1])
+        gen.cfg_conditions.setdefault(name, "very_bad" if "very_bad" in values else values[0])
+
+
+def default_delays(cfg: LmConfig) -> list[int]:
+    """Delays when the file gives none: the Rust runtime's acoustic delay of 1 (Moshi)."""
+    delay = 2 if cfg.moshi_mac.model_type == "hibiki" else 1
+    half = [0] + [delay] * (cfg.dep_q - 1) if cfg.dep_q else []
+    user = [0] + [delay] * (cfg.user_codebooks - 1) if cfg.user_codebooks else []
+    return [0] + half + user
