@@ -2,7 +2,9 @@
 
 Mirrors `moshi.utils.sampling.sample_token`: softmax(logits / temp), then top-p if
 top_p > 0, else top-k if top_k > 0, else the full distribution; greedy when sampling is
-off or temp <= 0. Keys are split per call so a seed makes a run repeatable.
+off or temp <= 0. Keys are split per call so a seed makes a run repeatable. Draws use the
+Gumbel-max trick (argmax of logits / temp + Gumbel noise): few ops, and the noise of many
+draws can be made at once (`noise` then `pick`), which a compiled step uses.
 """
 
 from __future__ import annotations
@@ -23,36 +25,49 @@ class Sampler:
             key = mx.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
         self.key = key
 
-    def _next_key(self) -> mx.array:
-        self.key, sub = mx.random.split(self.key)
-        return sub
-
     def __call__(self, logits: mx.array) -> mx.array:
         """logits [..., V] -> tokens [...] (int32)."""
+        tokens, self.key = self.sample(logits, self.key)
+        return tokens
+
+    def sample(self, logits: mx.array, key: mx.array) -> tuple[mx.array, mx.array]:
+        """The pure form of `__call__`: (tokens int32, next key), `self` untouched; what a
+        compiled step calls with the key as an input."""
+        noise, key = self.noise(key, logits.shape)
+        return self.pick(logits, noise).astype(mx.int32), key
+
+    def noise(self, key: mx.array, shape: tuple[int, ...]) -> tuple[mx.array | None, mx.array]:
+        """Gumbel noise for drawing from logits of `shape` [..., V] (None when greedy), and
+        the next key. A leading axis draws the noise of several `pick`s at once."""
         if not self.use_sampling:
-            return mx.argmax(logits, axis=-1).astype(mx.int32)
-        logits = logits.astype(mx.float32) / self.temp
-        key = self._next_key()
+            return None, key
+        key, sub = mx.random.split(key)
+        return mx.random.gumbel((*shape[:-1], self._width(shape[-1])), key=sub), key
+
+    def pick(self, logits: mx.array, noise: mx.array | None) -> mx.array:
+        """Tokens [...] (uint32) from logits [..., V] (any float dtype; only what is drawn
+        from is cast to float32) and `noise` from `noise`: the Gumbel-max trick,
+        argmax(logits / temp + Gumbel) ~ softmax(logits / temp), over the top-k or top-p
+        candidates."""
+        if noise is None:
+            return mx.argmax(logits, axis=-1)
+        V = logits.shape[-1]
         if self.top_p > 0.0:
-            return _sample_top_p(logits, self.top_p, key)
-        if self.top_k > 0 and self.top_k < logits.shape[-1]:
-            return _sample_top_k(logits, self.top_k, key)
-        return mx.random.categorical(logits, axis=-1, key=key).astype(mx.int32)
+            order = mx.argsort(-logits, axis=-1)
+            top = mx.take_along_axis(logits, order, axis=-1).astype(mx.float32) / self.temp
+            probs = mx.softmax(top, axis=-1)
+            keep = (mx.cumsum(probs, axis=-1) - probs) <= self.top_p  # as the reference:
+            top = mx.where(keep, top, -mx.inf)  # drop where the mass before exceeds p
+        elif self._width(V) < V:
+            order = mx.argpartition(logits, kth=V - self.top_k, axis=-1)[..., V - self.top_k:]
+            top = mx.take_along_axis(logits, order, axis=-1).astype(mx.float32) / self.temp
+        else:
+            return mx.argmax(logits.astype(mx.float32) / self.temp + noise, axis=-1)
+        choice = mx.argmax(top + noise, axis=-1, keepdims=True)
+        return mx.take_along_axis(order, choice, axis=-1)[..., 0]
 
-
-def _sample_top_k(logits: mx.array, k: int, key: mx.array) -> mx.array:
-    idx = mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k]
-    top = mx.take_along_axis(logits, idx, axis=-1)
-    choice = mx.random.categorical(top, axis=-1, key=key)
-    return mx.take_along_axis(idx, choice[..., None], axis=-1)[..., 0].astype(mx.int32)
-
-
-def _sample_top_p(logits: mx.array, p: float, key: mx.array) -> mx.array:
-    order = mx.argsort(-logits, axis=-1)
-    sorted_logits = mx.take_along_axis(logits, order, axis=-1)
-    probs = mx.softmax(sorted_logits, axis=-1)
-    cum = mx.cumsum(probs, axis=-1)
-    keep = (cum - probs) <= p  # as the reference: drop where the mass before exceeds p
-    masked = mx.where(keep, sorted_logits, -mx.inf)
-    choice = mx.random.categorical(masked, axis=-1, key=key)
-    return mx.take_along_axis(order, choice[..., None], axis=-1)[..., 0].astype(mx.int32)
+    def _width(self, vocab: int) -> int:
+        """How many candidates a draw is among: top-k, else the whole vocabulary."""
+        if self.top_p <= 0.0 and 0 < self.top_k < vocab:
+            return self.top_k
+        return vocab

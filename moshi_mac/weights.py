@@ -410,16 +410,27 @@ def _detect_quant(name: str, shape, info: TensorInfo, scales: TensorInfo):
 # Loading
 # ---------------------------------------------------------------------------------------
 
-def default_dtype():
-    """bf16 on Apple GPUs and CUDA; fp32 on the CPU backend, where MLX runs it faster."""
-    return mx.bfloat16 if mx.default_device() == mx.gpu else mx.float32
+SMALL_D_MODEL = 1024  # below: a test-sized model (see default_dtype)
+
+
+def default_dtype(cfg: LmConfig | None = None):
+    """The float dtype to run the LM in: bf16, except fp32 for a small model on the CPU.
+
+    bf16 on Apple GPUs and CUDA. On the MLX CPU backend, measured (benchmarks/README.md):
+    at the real shapes bf16 is as fast as fp32 on one core and faster with matmuls split
+    over the cores, at half the memory (fp32 Moshi-7B does not fit in 24 GB); at tiny test
+    shapes (`cfg` with d_model < SMALL_D_MODEL) fp32 is faster (no float32 conversion of
+    every weight in each matmul). Without `cfg`, the real-shape choice."""
+    if mx.default_device() == mx.cpu and cfg is not None and cfg.transformer.d_model < SMALL_D_MODEL:
+        return mx.float32
+    return mx.bfloat16
 
 
 def load_lm(path: str | Path, cfg: LmConfig, cfg_name: str = "config", dtype=None,
             expect_quant: str | None = None) -> tuple[Lm, CheckReport]:
     """Check, then build the model with the file's tensors (memory-mapped by MLX)."""
     report = check_weights(path, cfg, cfg_name, expect_quant)
-    dtype = dtype or default_dtype()
+    dtype = dtype or default_dtype(cfg)
     tensors = mx.load(str(path))
     if report.layout == "pytorch":
         tensors = pytorch_to_mlx(cfg, tensors)

@@ -15,7 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import LmConfig, LutConditionerConfig
-from .layers import KVCache, Transformer, make_norm, pytorch_norm_eps
+from .layers import KVCache, Transformer, dense, make_norm, pytorch_norm_eps
 
 ZERO_TOKEN = -1  # "no input": a zero embedding (LMModel.zero_token_id)
 UNGENERATED_TOKEN = -2  # "to be generated" (LMModel.ungenerated_token_id)
@@ -30,15 +30,17 @@ class ScaledEmbedding(nn.Module):
         self.low_rank = nn.Linear(low_rank, dim, bias=False) if low_rank else None
 
     def lookup(self, ids: mx.array) -> mx.array:
+        """The rows of ids >= 0, before any low-rank projection."""
         return self.weight[ids]
+
+    def project(self, y: mx.array) -> mx.array:
+        return y if self.low_rank is None else dense(self.low_rank, y)
 
     def __call__(self, ids: mx.array) -> mx.array:
         is_zero = (ids == ZERO_TOKEN)[..., None]
         y = self.lookup(mx.maximum(ids, 0))
         y = mx.where(is_zero, mx.zeros((), dtype=y.dtype), y)
-        if self.low_rank is not None:
-            y = self.low_rank(y)
-        return y
+        return self.project(y)
 
     def to_quantized(self, group_size: int = 64, bits: int = 4, mode: str = "affine"):
         return QuantizedScaledEmbedding.from_embedding(self, group_size, bits, mode)
@@ -47,9 +49,15 @@ class ScaledEmbedding(nn.Module):
 class QuantizedScaledEmbedding(nn.QuantizedEmbedding):
     """The quantized twin of `ScaledEmbedding` (same -1 handling; leaf, so no low rank)."""
 
+    def lookup(self, ids: mx.array) -> mx.array:
+        return super().__call__(ids)
+
+    def project(self, y: mx.array) -> mx.array:
+        return y
+
     def __call__(self, ids: mx.array) -> mx.array:
         is_zero = (ids == ZERO_TOKEN)[..., None]
-        y = super().__call__(mx.maximum(ids, 0))
+        y = self.lookup(mx.maximum(ids, 0))
         return mx.where(is_zero, mx.zeros((), dtype=y.dtype), y)
 
     @classmethod
@@ -127,9 +135,28 @@ class DepFormer(nn.Module):
         s = self.slices[k]
         x = s.linear_in(transformer_out) + s.emb(prev_token)
         x = s.transformer(x, offset=k, caches=caches)
+        return self._head(s, x)
+
+    @staticmethod
+    def _head(s: DepFormerSlice, x: mx.array) -> mx.array:
         if s.out_norm is not None:
             x = s.out_norm(x)
-        return s.linear_out(x)
+        return dense(s.linear_out, x)
+
+    def slice_step(self, k: int, transformer_out: mx.array, prev: mx.array,
+                   kv: list | None) -> tuple[mx.array, list]:
+        """One streaming step of slice k: transformer_out [rows, D], the previous token
+        [rows] (text for k = 0; ids >= 0, any integer dtype) and the keys and values of
+        slices 0..k-1 of this frame (None for k = 0) -> (logits [rows, card], kv with
+        slice k's appended). No Python state, so it compiles (see `generate.LmGen`)."""
+        s = self.slices[k]
+        kv = kv or [None] * len(s.transformer.layers)
+        x = dense(s.linear_in, transformer_out) + s.emb.project(s.emb.lookup(prev))
+        x = s.transformer.add_positional(x, k)
+        kv = list(kv)
+        for i, layer in enumerate(s.transformer.layers):
+            x, kv[i] = layer.step_append(x, k, kv[i])
+        return self._head(s, x), kv
 
 
 class Lm(nn.Module):
@@ -150,7 +177,8 @@ class Lm(nn.Module):
 
     # -- temporal transformer ------------------------------------------------------------
     def embed(self, tokens: mx.array, condition_sum: mx.array | None = None) -> mx.array:
-        """tokens [B, 1 + n_q, T] (already delayed) -> summed input embeddings [B, T, d]."""
+        """tokens [B, 1 + n_q, T] (already delayed) -> summed input embeddings [B, T, d]
+        (or [B, 1 + n_q] -> [B, d], one step)."""
         x = None
         for k, emb in enumerate(self.audio_embs):
             e = emb(tokens[:, 1 + k])
@@ -161,12 +189,35 @@ class Lm(nn.Module):
             x = x + condition_sum.astype(x.dtype)
         return x
 
+    def embed_step(self, tokens: mx.array, condition_sum: mx.array | None = None) -> mx.array:
+        """`embed` of one step, in fewer ops: tokens [B, 1 + n_q] -> [B, d] (the same sum,
+        in the same order: audio codebooks, text, condition)."""
+        B, K = tokens.shape
+        ids = mx.split(mx.maximum(tokens, 0), K, axis=1)  # [B, 1] each
+        keep = mx.split((tokens != ZERO_TOKEN)[..., None], K, axis=1)  # [B, 1, 1] each
+        embs = list(enumerate(self.audio_embs, start=1)) + [(0, self.text_emb)]
+        x = None
+        for k, emb in embs:
+            e = emb.project(emb.lookup(ids[k]) * keep[k])
+            x = e if x is None else x + e
+        if condition_sum is not None:
+            x = x + condition_sum.astype(x.dtype)
+        return x.reshape(B, -1)
+
     def forward_text(self, tokens: mx.array, offset: int = 0, caches: list[KVCache] | None = None,
                      condition_sum: mx.array | None = None) -> tuple[mx.array, mx.array]:
         """Returns (transformer_out [B, T, d] after out_norm, text_logits [B, T, V])."""
         x = self.transformer(self.embed(tokens, condition_sum), offset=offset, caches=caches)
         x = self.out_norm(x)
         return x, self.text_linear(x)
+
+    def step_text(self, tokens: mx.array, pos: mx.array, kv: list[mx.array], slots: mx.array,
+                  condition_sum: mx.array | None = None) -> tuple[mx.array, mx.array, list[mx.array]]:
+        """`forward_text` for one streaming step on ring KV caches (`Transformer.step`):
+        tokens [B, 1 + n_q] -> (transformer_out [B, d], text_logits [B, V], kv)."""
+        x, kv = self.transformer.step(self.embed_step(tokens, condition_sum), pos, kv, slots)
+        x = self.out_norm(x)
+        return x, dense(self.text_linear, x), kv
 
     def make_caches(self, batch: int, dtype=None) -> list[KVCache]:
         return self.transformer.make_caches(batch, dtype=dtype or self.dtype)

@@ -1,0 +1,508 @@
+"""The implementations compared, behind one small interface.
+
+- "moshi-mac": our `generate.LmGen` on our `Lm` (MLX).
+- "moshi_mlx": Kyutai's `moshi_mlx` 0.3.0 `LmGen` on its `Lm` (same MLX), with the same
+  random weights (the MLX key layout is the same for Moshi and Hibiki 1B/2B).
+- "pytorch": the official `moshi` `LMGen` on CPU, all cores.
+
+Each `build_*` returns a `Runner`: `step(codes)` runs one 80 ms frame and returns once its
+tokens are computed (MLX: evaluated with the streaming state); `split(codes)` runs one step
+instrumented with a sync between its parts (temporal transformer and text sampling, then the
+depformer with its sampling); `sampling_ms()` times the samplers alone on logits of the
+model's shapes; `probe(codes)` runs one step counting device syncs and evaluated graph nodes.
+All run the reference sampling settings (audio temp 0.8 top-k 250, text 0.7 top-k 25) unless
+greedy, batch 1, no CFG.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import QUANT, mlx_random_tensors, torch_fill_random_
+
+AUDIO = {"temp": 0.8, "top_k": 250}
+TEXT = {"temp": 0.7, "top_k": 25}
+IMPLS = ("moshi-mac", "moshi_mlx", "pytorch")
+MLX_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class Unsupported(Exception):
+    """The implementation cannot run this model or dtype (the message says why)."""
+
+
+class Runner:
+    name = ""
+    syncs_note = ""
+
+    def step(self, codes: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def split(self, codes: np.ndarray) -> dict:
+        raise NotImplementedError
+
+    def sampling_ms(self, repeats: int = 20) -> float:
+        raise NotImplementedError
+
+    def probe(self, codes: np.ndarray) -> dict:
+        return {"syncs_in_step": None, "graph_nodes": None}
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+
+# ---------------------------------------------------------------------------------------
+# MLX helpers: graph size and syncs
+# ---------------------------------------------------------------------------------------
+
+class _MlxProbe:
+    """Counts, while active, the device syncs made through Python (mx.eval, bool(), item(),
+    tolist()) and the graph nodes each sync or mx.async_eval evaluates (from
+    `mx.export_to_dot`); async evaluations are made synchronous so nothing is counted twice."""
+
+    def __init__(self):
+        import mlx.core as mx
+
+        self.mx = mx
+        self.syncs = 0
+        self.nodes = 0
+        self._dot = Path(tempfile.mkdtemp(prefix="mm-probe-")) / "g.dot"
+
+    def _count(self, arrays) -> None:
+        arrays = [a for a in arrays if isinstance(a, self.mx.array)]
+        if arrays:
+            self._orig["export"](str(self._dot), *arrays)
+            self.nodes += len(re.findall(r"\[label =", self._dot.read_text()))
+
+    def __enter__(self):
+        mx = self.mx
+        arr = mx.array
+        self._orig = {"eval": mx.eval, "async_eval": mx.async_eval, "bool": arr.__bool__,
+                      "item": arr.item, "tolist": arr.tolist, "export": mx.export_to_dot}
+        o = self._orig
+
+        def flat(args):
+            out = []
+            for a in args:
+                if isinstance(a, (list, tuple)):
+                    out += flat(a)
+                elif isinstance(a, dict):
+                    out += flat(list(a.values()))
+                else:
+                    out.append(a)
+            return out
+
+        def ev(*args):
+            self.syncs += 1
+            self._count(flat(args))
+            return o["eval"](*args)
+
+        def aev(*args):
+            self._count(flat(args))
+            return o["eval"](*args)
+
+        def wrap(name):
+            def f(a, *rest):
+                self.syncs += 1
+                self._count([a])
+                return o[name](a, *rest)
+            return f
+
+        mx.eval, mx.async_eval = ev, aev
+        arr.__bool__, arr.item, arr.tolist = wrap("bool"), wrap("item"), wrap("tolist")
+        return self
+
+    def __exit__(self, *exc):
+        mx, o = self.mx, self._orig
+        mx.eval, mx.async_eval = o["eval"], o["async_eval"]
+        mx.array.__bool__, mx.array.item, mx.array.tolist = o["bool"], o["item"], o["tolist"]
+
+
+def _mlx_probe(inner, final) -> dict:
+    """Syncs made inside one step (`inner`; the harness's final eval not counted) and the
+    nodes the whole step evaluates (`inner` then `final`, the harness's eval)."""
+    with _MlxProbe() as p:
+        inner()
+        syncs = p.syncs
+        final()
+    return {"syncs_in_step": syncs, "graph_nodes": p.nodes}
+
+
+# ---------------------------------------------------------------------------------------
+# moshi-mac
+# ---------------------------------------------------------------------------------------
+
+ABLATIONS = {
+    "no_dense_plans": "linear layers called as nn.Linear (x @ W.T per call: no transposed "
+                      "views, no split over CPU streams)",
+    "no_split": "no split of large matmuls over CPU streams",
+    "no_async": "step pieces not scheduled as they are built (mx.async_eval off)",
+    "no_compile": "step pieces run eagerly (mx.compile off)",
+}
+
+
+def build_moshi_mac(cfg, dtype: str, *, greedy: bool = False, seed: int = 0, split_streams=None,
+                    split_options: dict | None = None, ablate: tuple[str, ...] = ()):
+    """`split_streams` / `split_options`: `prepare_dense` arguments (default: its own).
+    `ablate`: switch optimisations off, to measure what each brings (see ABLATIONS); this
+    process is then only good for measuring. Works on older checkouts too (see
+    common.SOURCE), where the newer machinery is missing."""
+    import mlx.core as mx
+
+    from moshi_mac import generate
+    from moshi_mac.models import Lm
+    from moshi_mac.weights import quantize_model
+
+    try:
+        from moshi_mac.models.layers import prepare_dense
+    except ImportError:  # an older checkout
+        prepare_dense = None
+    unknown = set(ablate) - set(ABLATIONS)
+    if unknown:
+        raise ValueError(f"unknown ablations {sorted(unknown)}; known: {sorted(ABLATIONS)}")
+    if "no_dense_plans" in ablate and prepare_dense is not None:
+        prepare_dense = None
+        generate.prepare_dense = lambda model, *a, **k: 0
+    if "no_split" in ablate:
+        split_streams = False
+    if "no_async" in ablate:
+        mx.async_eval = lambda *arrays: None
+    if "no_compile" in ablate:
+        mx.compile = lambda fn, *a, **k: fn
+
+    float_dtype = mx.bfloat16 if dtype in QUANT else getattr(mx, MLX_DTYPES[dtype])
+    tensors = mlx_random_tensors(cfg, float_dtype, seed)
+    model = Lm(cfg)
+    model.load_weights(list(tensors.items()), strict=True)
+    del tensors
+    if dtype in QUANT:
+        quant = quantize_model(model, *QUANT[dtype])
+        if not quant.modules:
+            raise Unsupported(f"nothing to quantize in {dtype}")
+    mx.eval(model.parameters())
+    if prepare_dense is not None and (split_streams is not None or split_options):
+        prepare_dense(model, split=split_streams, **(split_options or {}))
+    return MoshiMacRunner(model, greedy=greedy, seed=seed)
+
+
+class MoshiMacRunner(Runner):
+    name = "moshi-mac"
+
+    def __init__(self, model, *, greedy: bool, seed: int):
+        import mlx.core as mx
+
+        from moshi_mac.generate import GenOptions, LmGen
+
+        self.mx = mx
+        self.model = model
+        self.gen = LmGen(model, options=GenOptions(greedy=greedy, seed=seed))
+
+    def step(self, codes: np.ndarray) -> None:
+        mx = self.mx
+        out = self.gen.step(mx.array(codes))
+        mx.eval([] if out is None else out, self.gen.state_arrays())
+
+    def split(self, codes: np.ndarray) -> dict:
+        """Sync after the temporal piece and after the last depformer slice."""
+        mx, gen = self.mx, self.gen
+        if not hasattr(gen, "_front_fn"):  # an older checkout: no pieces to time
+            return {}
+        marks = {}
+        front, slices = gen._front_fn, list(gen._slice_fns)
+
+        def timed(fn, key):
+            def f(*args):
+                out = fn(*args)
+                mx.eval(out)
+                marks[key] = time.perf_counter()
+                return out
+            return f
+
+        gen._front_fn = timed(front, "temporal")
+        if slices:
+            gen._slice_fns[-1] = timed(slices[-1], "depformer")
+        try:
+            t0 = time.perf_counter()
+            self.step(codes)
+            t1 = time.perf_counter()
+        finally:
+            gen._front_fn, gen._slice_fns = front, slices
+        temporal = marks["temporal"] - t0
+        dep = marks.get("depformer", marks["temporal"]) - marks["temporal"]
+        return {"temporal_ms": 1000 * temporal, "depformer_ms": 1000 * dep,
+                "rest_ms": 1000 * (t1 - t0 - temporal - dep), "total_ms": 1000 * (t1 - t0)}
+
+    def sampling_ms(self, repeats: int = 20) -> float:
+        """The text draw and the dep_q audio draws, compiled as in a step."""
+        mx, gen, cfg = self.mx, self.gen, self.model.cfg
+        if not hasattr(gen.text_sampler, "pick"):  # an older checkout
+            return None
+        dtype = self.model.dtype
+        text_logits = mx.random.normal((1, cfg.text_out_vocab_size)).astype(dtype)
+        audio_logits = [mx.random.normal((1, cfg.card)).astype(dtype) for _ in range(cfg.dep_q)]
+        mx.eval(text_logits, audio_logits)
+
+        def draw(key_t, key_a, t, *a):
+            tok, key_t = gen.text_sampler.sample(t, key_t)
+            noise, key_a = gen.audio_sampler.noise(key_a, (len(a), 1, cfg.card))
+            toks = [gen.audio_sampler.pick(x, None if noise is None else noise[i])
+                    for i, x in enumerate(a)]
+            return tok, key_t, key_a, *toks
+
+        fn = mx.compile(draw)
+        keys = [gen.text_sampler.key, gen.audio_sampler.key]
+        return _median_ms(lambda: mx.eval(fn(*keys, text_logits, *audio_logits)), repeats)
+
+    def probe(self, codes: np.ndarray) -> dict:
+        mx, held = self.mx, {}
+
+        def inner():
+            held["out"] = self.gen.step(mx.array(codes))
+
+        def final():
+            mx.eval([] if held["out"] is None else held["out"], self.gen.state_arrays())
+
+        return _mlx_probe(inner, final)
+
+
+# ---------------------------------------------------------------------------------------
+# moshi_mlx 0.3.0
+# ---------------------------------------------------------------------------------------
+
+def moshi_mlx_unsupported(cfg, dtype: str) -> str | None:
+    t, mm = cfg.transformer, cfg.moshi_mac
+    if t.kv_repeat != 1 or (cfg.depformer and cfg.depformer.transformer.kv_repeat != 1):
+        return "no GQA (kv_repeat must be 1)"
+    if mm.rope_layout != "interleaved":
+        return "no concat RoPE layout"
+    if mm.depformer_norm:
+        return "no depformer output norm"
+    if mm.depformer_weights_per_step_schedule:
+        return "no depformer weight schedule in streaming"
+    if dtype in QUANT and cfg.conditioners:
+        return "nn.quantize fails on the LUT conditioner (no Hibiki q8/q4)"
+    return None
+
+
+def build_moshi_mlx(cfg, dtype: str, *, greedy: bool = False, seed: int = 0):
+    import mlx.core as mx
+    import mlx.nn as nn
+    import moshi_mlx.models as mm
+
+    from moshi_mac.config import to_json_dict
+
+    why = moshi_mlx_unsupported(cfg, dtype)
+    if why:
+        raise Unsupported(why)
+    raw = to_json_dict(cfg)
+    mcfg = mm.LmConfig.from_config_dict(raw)
+    # from_config_dict assumes the 4 * dim MLP of its own presets; give it our width.
+    mcfg.transformer.dim_feedforward = int(round(raw["hidden_scale"] * raw["dim"]))
+    float_dtype = mx.bfloat16 if dtype in QUANT else getattr(mx, MLX_DTYPES[dtype])
+    tensors = mlx_random_tensors(cfg, float_dtype, seed)
+    # Its checkpoints hold the conditioner in the model dtype too (a float32 one would
+    # promote every activation to float32).
+    tensors = {k: v.astype(float_dtype) for k, v in tensors.items()}
+    model = mm.Lm(mcfg)
+    model.load_weights(list(tensors.items()), strict=True)
+    del tensors
+    if dtype in QUANT:
+        bits, group = QUANT[dtype]
+        nn.quantize(model, bits=bits, group_size=group)  # what moshi_mlx's scripts do
+    mx.eval(model.parameters())
+    return MoshiMlxRunner(model, greedy=greedy, seed=seed)
+
+
+class MoshiMlxRunner(Runner):
+    name = "moshi_mlx"
+
+    def __init__(self, model, *, greedy: bool, seed: int, max_steps: int = 100_000):
+        import mlx.core as mx
+        from moshi_mlx.models.generate import LmGen
+        from moshi_mlx.utils.sampling import Sampler
+
+        self.mx = mx
+        self.model = model
+        mx.random.seed(seed)
+        self.text_sampler = Sampler(temp=0.0 if greedy else TEXT["temp"], top_k=TEXT["top_k"])
+        self.audio_sampler = Sampler(temp=0.0 if greedy else AUDIO["temp"], top_k=AUDIO["top_k"])
+        self.ct = None
+        if model.condition_provider is not None:
+            self.ct = model.condition_provider.condition_tensor("description", "very_good")
+        for c in model.transformer_cache:
+            c.reset()
+        self.gen = LmGen(model, max_steps=max_steps, text_sampler=self.text_sampler,
+                         audio_sampler=self.audio_sampler, cfg_coef=1.0)
+
+    def step(self, codes: np.ndarray) -> None:
+        mx = self.mx
+        text = self.gen.step(mx.array(codes), self.ct)
+        mx.eval(text, self.gen.gen_sequence)
+
+    def split(self, codes: np.ndarray) -> dict:
+        mx, dep = self.mx, self.model.depformer
+        marks = {}
+        orig = dep.sample
+
+        def sample(main_out, sampler, text_token, cache, cfg_coef=1.0):
+            mx.eval(main_out, text_token)
+            marks["temporal"] = time.perf_counter()
+            out = orig(main_out, sampler, text_token, cache, cfg_coef=cfg_coef)
+            mx.eval(out)
+            marks["depformer"] = time.perf_counter()
+            return out
+
+        dep.sample = sample
+        try:
+            t0 = time.perf_counter()
+            self.step(codes)
+            t1 = time.perf_counter()
+        finally:
+            del dep.sample
+        temporal = marks["temporal"] - t0
+        d = marks["depformer"] - marks["temporal"]
+        return {"temporal_ms": 1000 * temporal, "depformer_ms": 1000 * d,
+                "rest_ms": 1000 * (t1 - t0 - temporal - d), "total_ms": 1000 * (t1 - t0)}
+
+    def sampling_ms(self, repeats: int = 20) -> float:
+        mx, cfg = self.mx, self.model.cfg
+        dtype = self.model.out_norm.weight.dtype
+        t = mx.random.normal((1, 1, cfg.text_out_vocab_size)).astype(dtype)
+        a = [mx.random.normal((1, 1, cfg.audio_vocab_size - 1)).astype(dtype)
+             for _ in range(cfg.depformer.num_slices)]
+        mx.eval(t, a)
+
+        def draw():
+            toks = [self.text_sampler(t)[0]] + [self.audio_sampler(x)[0] for x in a]
+            mx.eval(toks)
+
+        return _median_ms(draw, repeats)
+
+    def probe(self, codes: np.ndarray) -> dict:
+        mx, held = self.mx, {}
+
+        def inner():
+            held["text"] = self.gen.step(mx.array(codes), self.ct)
+
+        def final():
+            mx.eval(held["text"], self.gen.gen_sequence)
+
+        return _mlx_probe(inner, final)
+
+
+# ---------------------------------------------------------------------------------------
+# The official PyTorch moshi
+# ---------------------------------------------------------------------------------------
+
+def build_pytorch(cfg, dtype: str, *, greedy: bool = False, seed: int = 0, threads: int | None = None):
+    import os
+
+    import torch
+    from moshi.models import loaders
+
+    from moshi_mac.config import to_json_dict
+
+    if dtype not in ("fp32", "bf16"):
+        raise Unsupported("the PyTorch moshi LM runs fp32 or bf16 on CPU (no q8/q4)")
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    kwargs = to_json_dict(cfg)
+    kwargs.pop("model_type", None)
+    tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    lm = loaders.get_moshi_lm(None, lm_kwargs=kwargs, device="meta", dtype=tdtype)
+    lm = lm.to_empty(device="cpu")
+    torch_fill_random_(lm, seed)
+    if lm.condition_provider is not None:  # the conditioner stays float32, as when loading
+        lm.condition_provider.float()
+    lm.eval()
+    return PytorchRunner(lm, cfg, greedy=greedy, seed=seed)
+
+
+class PytorchRunner(Runner):
+    name = "pytorch"
+    syncs_note = "eager, synchronous"
+
+    def __init__(self, lm, cfg, *, greedy: bool, seed: int):
+        import torch
+        from moshi.models.lm import LMGen
+
+        self.torch = torch
+        self.lm = lm
+        self.cfg = cfg
+        torch.manual_seed(seed)
+        ct = None
+        if cfg.conditioners:
+            from moshi.conditioners import ConditionAttributes
+
+            attrs = [ConditionAttributes(text=dict(cfg.moshi_mac.generation.conditions), tensor={})]
+            ct = lm.condition_provider.prepare_and_provide(attrs)
+        self.gen = LMGen(lm, use_sampling=not greedy, temp=AUDIO["temp"], temp_text=TEXT["temp"],
+                         top_k=AUDIO["top_k"], top_k_text=TEXT["top_k"], cfg_coef=1.0,
+                         condition_tensors=ct)
+        self.gen.streaming_forever(1)
+
+    def step(self, codes: np.ndarray) -> None:
+        torch = self.torch
+        with torch.no_grad():
+            self.gen.step(torch.from_numpy(np.asarray(codes, np.int64)[:, :, None]))
+
+    def split(self, codes: np.ndarray) -> dict:
+        state = self.gen._streaming_state
+        marks = {}
+        depth = state.graphed_depth
+
+        def timed_depth(*args):
+            marks["temporal"] = time.perf_counter()
+            out = depth(*args)
+            marks["depformer"] = time.perf_counter()
+            return out
+
+        state.graphed_depth = timed_depth
+        try:
+            t0 = time.perf_counter()
+            self.step(codes)
+            t1 = time.perf_counter()
+        finally:
+            state.graphed_depth = depth
+        temporal = marks["temporal"] - t0
+        d = marks["depformer"] - marks["temporal"]
+        return {"temporal_ms": 1000 * temporal, "depformer_ms": 1000 * d,
+                "rest_ms": 1000 * (t1 - t0 - temporal - d), "total_ms": 1000 * (t1 - t0)}
+
+    def sampling_ms(self, repeats: int = 20) -> float:
+        torch = self.torch
+        from moshi.utils.sampling import sample_token
+
+        dtype = next(self.lm.parameters()).dtype
+        t = torch.randn(1, 1, 1, self.cfg.text_out_vocab_size).to(dtype)
+        a = [torch.randn(1, 1, 1, self.cfg.card).to(dtype) for _ in range(self.cfg.dep_q)]
+
+        def draw():
+            sample_token(t.float(), True, TEXT["temp"], TEXT["top_k"])
+            for x in a:
+                sample_token(x.float(), True, AUDIO["temp"], AUDIO["top_k"])
+
+        with torch.no_grad():
+            return _median_ms(draw, repeats)
+
+
+def build(impl: str, cfg, dtype: str, **kw) -> Runner:
+    if impl == "moshi-mac":
+        return build_moshi_mac(cfg, dtype, **kw)
+    for key in ("split_streams", "split_options", "ablate"):
+        kw.pop(key, None)
+    if impl == "moshi_mlx":
+        return build_moshi_mlx(cfg, dtype, **kw)
+    if impl == "pytorch":
+        return build_pytorch(cfg, dtype, **kw)
+    raise ValueError(f"unknown implementation {impl!r}")

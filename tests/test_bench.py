@@ -1,0 +1,154 @@
+"""`moshi-mac bench` and the speed machinery it measures.
+
+- The benchmark runs end to end (`--quick`: tiny Hibiki shape, the three implementations,
+  bandwidth, Mimi, file mode) and writes valid JSON, a PNG plot and Markdown tables.
+- Without the checkout's benchmarks/ folder, the command fails with one line.
+- A streaming step makes no device sync, and splitting matmuls over CPU streams changes
+  no token (the split is by output rows: every dot product is the same).
+- The report's aggregation, ratios and bytes-per-step bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from moshi_mac import cli
+from moshi_mac.config import load_config
+from moshi_mac.generate import GenOptions, LmGen
+from moshi_mac.models import Lm
+from moshi_mac.models.layers import cpu_streams, prepare_dense
+from moshi_mac.random_model import random_lm_tensors, tiny_config
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import impls  # noqa: E402
+import report  # noqa: E402
+from common import bench_config, n_params, step_bytes  # noqa: E402
+
+
+def test_quick_bench_writes_json_png_and_markdown(tmp_path, shared_mimi, monkeypatch):
+    monkeypatch.setenv("MOSHI_MAC_BENCH_CACHE", str(shared_mimi.parent))
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    assert cli.main(["bench", "--quick", "--out", str(out), "--markdown", str(md)]) == 0
+    data = json.loads(out.read_text())
+    assert data["bandwidth"]["read_gbs"] > 0
+    rows = {r["impl"]: r for r in data["lm"]}
+    assert set(rows) == {"moshi-mac", "moshi_mlx", "pytorch"}
+    for impl, r in rows.items():
+        assert r["status"] == "ok", (impl, r["status"])
+        assert r["steps_per_s"]["median"] > 0 and r["ms_per_step"]["min"] <= r["ms_per_step"]["max"]
+        assert 0 < r["fraction_of_limit"] < 1
+        assert r["split"]["temporal_ms"] > 0 and r["split"]["depformer_ms"] > 0
+        assert r["peak_rss_gb"] > 0 and len(r["loadavg_before"]) == 3
+    assert rows["moshi-mac"]["syncs_in_step"] == 0  # the harness's own eval is the only one
+    assert rows["moshi_mlx"]["syncs_in_step"] > 0  # its `.any()` checks
+    assert 0 < rows["moshi-mac"]["graph_nodes"] < rows["moshi_mlx"]["graph_nodes"]
+    pairs = {c["vs"] for c in data["comparisons"]}
+    assert pairs == {"moshi_mlx", "pytorch"}
+    assert data["mimi"][0]["status"] == "ok" and data["mimi"][0]["encode_ms"]["median"] > 0
+    e2e = data["e2e"][0]
+    assert e2e["status"] == "ok" or e2e["status"].startswith("unavailable"), e2e["status"]
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = md.read_text()
+    assert "| model | shape | impl | dtype |" in text and "moshi-mac / moshi_mlx" in text
+
+
+def test_bench_without_benchmarks_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    from moshi_mac import bench
+
+    monkeypatch.setattr(bench, "__file__", str(tmp_path / "moshi_mac" / "bench.py"))
+    assert cli.main(["bench", "--quick"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "benchmarks/" in err and "source checkout" in err
+    assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------
+# The step: no syncs, and splitting matmuls changes nothing
+# ---------------------------------------------------------------------------------------
+
+def _tiny_model(name: str) -> tuple[Lm, dict]:
+    cfg = tiny_config(load_config(ROOT / "configs" / f"{name}.toml"), text_vocab=200)
+    tensors = random_lm_tensors(cfg, seed=0, dtype=mx.float32)
+    model = Lm(cfg)
+    model.load_weights(list(tensors.items()), strict=True)
+    mx.eval(model.parameters())
+    return model, tensors
+
+
+def test_a_streaming_step_never_syncs():
+    model, _ = _tiny_model("hibiki-1b")
+    gen = LmGen(model, options=GenOptions(seed=0))
+    codes = mx.zeros((1, model.cfg.user_codebooks), dtype=mx.int32)
+    for _ in range(3):
+        gen.step(codes)
+    with impls._MlxProbe() as probe:
+        out = gen.step(codes)
+        syncs = probe.syncs
+    assert syncs == 0
+    assert out is not None and probe.nodes > 0  # its pieces were scheduled (async_eval)
+
+
+@pytest.mark.parametrize("name,greedy", [("moshi-7b", True), ("hibiki-1b", False)])
+def test_matmuls_split_over_cpu_streams_give_the_same_tokens(name, greedy):
+    if len(cpu_streams()) < 2:
+        pytest.skip("one CPU stream: nothing to split")
+    plain, tensors = _tiny_model(name)
+    split = Lm(plain.cfg)
+    split.load_weights(list(tensors.items()), strict=True)
+    mx.eval(split.parameters())
+    assert prepare_dense(plain, split=False) == 0
+    assert prepare_dense(split, min_entries=1, chunk_entries=1 << 10) > 10
+    rng = np.random.default_rng(0)
+    gens = [LmGen(m, batch_size=2, options=GenOptions(greedy=greedy, seed=3)) for m in (plain, split)]
+    for codes in rng.integers(0, plain.cfg.card, size=(24, 2, plain.cfg.user_codebooks)):
+        a, b = (g.step(mx.array(codes)) for g in gens)
+        if a is not None:
+            assert (np.array(a) == np.array(b)).all()
+
+
+# ---------------------------------------------------------------------------------------
+# Report bookkeeping
+# ---------------------------------------------------------------------------------------
+
+def _record(impl, dtype, ms_rounds, status="ok"):
+    return {"impl": impl, "model": "hibiki-1b", "shape": "tiny", "dtype": dtype, "status": status,
+            "ms_per_step": {"median": float(np.median(ms_rounds)), "min": min(ms_rounds),
+                            "max": max(ms_rounds), "per_repeat": list(ms_rounds)},
+            "steps_per_s": {"median": 1000 / float(np.median(ms_rounds))},
+            "loadavg_before": [1.0, 1.0, 1.0], "context_reached": 10}
+
+
+def test_report_merges_rounds_and_pairs_implementations():
+    records = [_record("moshi-mac", "fp32", [4.0, 4.2]), _record("moshi-mac", "fp32", [5.0, 5.2]),
+               _record("moshi_mlx", "fp32", [12.0, 12.4]), _record("moshi-mac", "bf16", [6.0, 6.0]),
+               _record("pytorch", "q8", [1.0], status="unsupported: no q8")]
+    rows = report.merge_rounds(records)
+    mac = next(r for r in rows if r["impl"] == "moshi-mac" and r["dtype"] == "fp32")
+    assert mac["rounds"] == 2 and mac["ms_per_step"]["median"] == pytest.approx(4.6)
+    assert (mac["ms_per_step"]["min"], mac["ms_per_step"]["max"]) == (4.0, 5.2)
+    report.add_limits(rows, read_gbs=20.0)
+    assert mac["limit_steps_per_s"] > mac["steps_per_s"]["median"]
+    comps = report.comparisons(rows)
+    same = next(c for c in comps if c["dtype"] == "fp32" and not c.get("fastest"))
+    assert same["ratio"] == pytest.approx(12.2 / 4.6)
+    fastest = next(c for c in comps if c.get("fastest") and c["vs"] == "moshi_mlx")
+    assert fastest["dtype"] == "fp32 vs fp32"
+    text = report.markdown({"lm": rows, "comparisons": comps})
+    assert "unsupported: no q8" in text and "2.65x" in text
+
+
+def test_step_bytes_follow_the_dtype():
+    cfg = bench_config("hibiki-1b", "real")
+    sizes = {d: step_bytes(cfg, d)["weights"] for d in ("fp32", "bf16", "q8", "q4")}
+    assert sizes["fp32"] == 2 * sizes["bf16"] > sizes["q8"] > sizes["q4"]
+    # every weight but the embedding tables (which a step reads one row of)
+    assert 0.8 * 2 * n_params(cfg) < sizes["bf16"] < 2 * n_params(cfg)
+    assert step_bytes(cfg, "bf16", context_slots=100)["kv_cache"] == 2 * 16 * 16 * 128 * 100 * 2
