@@ -501,8 +501,12 @@ def build(impl: str, cfg, dtype: str, **kw) -> Runner:
         return build_moshi_mac(cfg, dtype, **kw)
     for key in ("split_streams", "split_options", "ablate"):
         kw.pop(key, None)
-    if impl == "moshi_mlx":
-        return build_moshi_mlx(cfg, dtype, **kw)
-    if impl == "pytorch":
-        return build_pytorch(cfg, dtype, **kw)
-    raise ValueError(f"unknown implementation {impl!r}")
+    builders = {"moshi_mlx": (build_moshi_mlx, "moshi_mlx"), "pytorch": (build_pytorch, "moshi")}
+    if impl not in builders:
+        raise ValueError(f"unknown implementation {impl!r}")
+    fn, package = builders[impl]
+    try:
+        __import__(package)
+    except ImportError as e:
+        raise Unsupported(f"{package} is not installed ({e})") from None
+    return fn(cfg, dtype, **kw)

@@ -227,7 +227,8 @@ def main(argv=None) -> int:
     if "bandwidth" in args.sections:
         import bandwidth
 
-        print("memory bandwidth...", flush=True)
+        wait_for_load(args)
+        print(f"memory bandwidth (load {os.getloadavg()[0]:.1f})...", flush=True)
         payload["bandwidth"] = bandwidth.measure(size_mb=64 if args.quick else 512,
                                                  repeats=2 if args.quick else 5)
         print(f"    read {payload['bandwidth']['read_gbs']:.1f} GB/s", flush=True)

@@ -33,7 +33,10 @@ import report  # noqa: E402
 from common import bench_config, n_params, step_bytes  # noqa: E402
 
 
+@pytest.mark.reference
 def test_quick_bench_writes_json_png_and_markdown(tmp_path, shared_mimi, monkeypatch):
+    pytest.importorskip("moshi_mlx")
+    pytest.importorskip("moshi")
     monkeypatch.setenv("MOSHI_MAC_BENCH_CACHE", str(shared_mimi.parent))
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     assert cli.main(["bench", "--quick", "--out", str(out), "--markdown", str(md)]) == 0
