@@ -213,7 +213,14 @@ def loadavg() -> list[float]:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux: KiB in ru_maxrss; macOS: bytes)."""
+    """This process's peak resident set size. Linux: VmHWM, since ru_maxrss carries the
+    parent's peak over fork and exec (every case would report the orchestrator's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
