@@ -44,7 +44,8 @@ def run_case(spec: dict) -> dict:
         runner = impls.build(spec["impl"], cfg, spec["dtype"], greedy=spec.get("greedy", False),
                              seed=spec.get("seed", 0), split_streams=spec.get("split_streams"),
                              split_options=spec.get("split_options"),
-                             ablate=tuple(spec.get("ablate", ())))
+                             ablate=tuple(spec.get("ablate", ())),
+                             torch_device=spec.get("torch_device", "cpu"))
     except impls.Unsupported as e:
         rec["status"] = f"unsupported: {e}"
         return rec

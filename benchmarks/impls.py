@@ -214,32 +214,29 @@ class MoshiMacRunner(Runner):
         mx.eval([] if out is None else out, self.gen.state_arrays())
 
     def split(self, codes: np.ndarray) -> dict:
-        """Sync after the temporal piece and after the last depformer slice."""
+        """Sync where a step schedules its pieces: `LmGen.step` hands the temporal piece,
+        then each depformer slice, then the whole state to `mx.async_eval`; a synchronous
+        eval there marks the time. (Syncing inside a piece's wrapper instead would keep the
+        caller's references to the old caches alive, so MLX could not update them in place
+        and the split would time full cache copies that a real step never makes.)"""
         mx, gen = self.mx, self.gen
-        if not hasattr(gen, "_front_fn"):  # an older checkout: no pieces to time
-            return {}
-        marks = {}
-        front, slices = gen._front_fn, list(gen._slice_fns)
+        n_dep = getattr(gen, "dep_q", None)
+        marks, scheduled = [], mx.async_eval
 
-        def timed(fn, key):
-            def f(*args):
-                out = fn(*args)
-                mx.eval(out)
-                marks[key] = time.perf_counter()
-                return out
-            return f
+        def synced(*arrays):
+            mx.eval(*arrays)
+            marks.append(time.perf_counter())
 
-        gen._front_fn = timed(front, "temporal")
-        if slices:
-            gen._slice_fns[-1] = timed(slices[-1], "depformer")
+        mx.async_eval = synced
         try:
             t0 = time.perf_counter()
             self.step(codes)
             t1 = time.perf_counter()
         finally:
-            gen._front_fn, gen._slice_fns = front, slices
-        temporal = marks["temporal"] - t0
-        dep = marks.get("depformer", marks["temporal"]) - marks["temporal"]
+            mx.async_eval = scheduled
+        if n_dep is None or len(marks) != n_dep + 2:  # an older checkout: other pieces
+            return {}
+        temporal, dep = marks[0] - t0, marks[n_dep] - marks[0]
         return {"temporal_ms": 1000 * temporal, "depformer_ms": 1000 * dep,
                 "rest_ms": 1000 * (t1 - t0 - temporal - dep), "total_ms": 1000 * (t1 - t0)}
 
@@ -405,7 +402,19 @@ class MoshiMlxRunner(Runner):
 # The official PyTorch moshi
 # ---------------------------------------------------------------------------------------
 
-def build_pytorch(cfg, dtype: str, *, greedy: bool = False, seed: int = 0, threads: int | None = None):
+def torch_device_missing(device: str) -> str | None:
+    """Why PyTorch cannot run on `device` here (None: it can)."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        return "this torch has no CUDA device"
+    if device == "mps" and not torch.backends.mps.is_available():
+        return "this torch has no MPS device"
+    return None
+
+
+def build_pytorch(cfg, dtype: str, *, greedy: bool = False, seed: int = 0, threads: int | None = None,
+                  device: str = "cpu"):
     import os
 
     import torch
@@ -414,7 +423,10 @@ def build_pytorch(cfg, dtype: str, *, greedy: bool = False, seed: int = 0, threa
     from moshi_mac.config import to_json_dict
 
     if dtype not in ("fp32", "bf16"):
-        raise Unsupported("the PyTorch moshi LM runs fp32 or bf16 on CPU (no q8/q4)")
+        raise Unsupported("the PyTorch moshi LM runs fp32 or bf16 (no q8/q4)")
+    why = torch_device_missing(device)
+    if why:
+        raise Unsupported(why)
     torch.set_num_threads(threads or os.cpu_count() or 1)
     kwargs = to_json_dict(cfg)
     kwargs.pop("model_type", None)
@@ -424,7 +436,7 @@ def build_pytorch(cfg, dtype: str, *, greedy: bool = False, seed: int = 0, threa
     torch_fill_random_(lm, seed)
     if lm.condition_provider is not None:  # the conditioner stays float32, as when loading
         lm.condition_provider.float()
-    lm.eval()
+    lm = lm.to(device).eval()
     return PytorchRunner(lm, cfg, greedy=greedy, seed=seed)
 
 
@@ -439,6 +451,9 @@ class PytorchRunner(Runner):
         self.torch = torch
         self.lm = lm
         self.cfg = cfg
+        self.device = next(lm.parameters()).device
+        sync = {"cuda": torch.cuda.synchronize, "mps": getattr(torch, "mps", None) and torch.mps.synchronize}
+        self.sync = sync.get(self.device.type) or (lambda: None)
         torch.manual_seed(seed)
         ct = None
         if cfg.conditioners:
@@ -454,7 +469,8 @@ class PytorchRunner(Runner):
     def step(self, codes: np.ndarray) -> None:
         torch = self.torch
         with torch.no_grad():
-            self.gen.step(torch.from_numpy(np.asarray(codes, np.int64)[:, :, None]))
+            self.gen.step(torch.from_numpy(np.asarray(codes, np.int64)[:, :, None]).to(self.device))
+        self.sync()  # a GPU step is timed to its end, as MLX's are by mx.eval
 
     def split(self, codes: np.ndarray) -> dict:
         state = self.gen._streaming_state
@@ -462,8 +478,10 @@ class PytorchRunner(Runner):
         depth = state.graphed_depth
 
         def timed_depth(*args):
+            self.sync()
             marks["temporal"] = time.perf_counter()
             out = depth(*args)
+            self.sync()
             marks["depformer"] = time.perf_counter()
             return out
 
@@ -484,23 +502,26 @@ class PytorchRunner(Runner):
         from moshi.utils.sampling import sample_token
 
         dtype = next(self.lm.parameters()).dtype
-        t = torch.randn(1, 1, 1, self.cfg.text_out_vocab_size).to(dtype)
-        a = [torch.randn(1, 1, 1, self.cfg.card).to(dtype) for _ in range(self.cfg.dep_q)]
+        t = torch.randn(1, 1, 1, self.cfg.text_out_vocab_size).to(self.device, dtype)
+        a = [torch.randn(1, 1, 1, self.cfg.card).to(self.device, dtype) for _ in range(self.cfg.dep_q)]
 
         def draw():
             sample_token(t.float(), True, TEXT["temp"], TEXT["top_k"])
             for x in a:
                 sample_token(x.float(), True, AUDIO["temp"], AUDIO["top_k"])
+            self.sync()
 
         with torch.no_grad():
             return _median_ms(draw, repeats)
 
 
-def build(impl: str, cfg, dtype: str, **kw) -> Runner:
+def build(impl: str, cfg, dtype: str, *, torch_device: str = "cpu", **kw) -> Runner:
     if impl == "moshi-mac":
         return build_moshi_mac(cfg, dtype, **kw)
     for key in ("split_streams", "split_options", "ablate"):
         kw.pop(key, None)
+    if impl == "pytorch":
+        kw["device"] = torch_device
     builders = {"moshi_mlx": (build_moshi_mlx, "moshi_mlx"), "pytorch": (build_pytorch, "moshi")}
     if impl not in builders:
         raise ValueError(f"unknown implementation {impl!r}")

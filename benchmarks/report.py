@@ -8,9 +8,10 @@ from pathlib import Path
 
 from common import FRAME_RATE, bench_config, step_bytes
 
-ORDER = {"moshi-mac": 0, "moshi_mlx": 1, "pytorch": 2}
+ORDER = {"moshi-mac": 0, "moshi_mlx": 1, "pytorch": 2, "pytorch-mps": 3, "pytorch-cuda": 3}
 DTYPE_ORDER = {"fp32": 0, "bf16": 1, "fp16": 2, "q8": 3, "q4": 4}
-COLORS = {"moshi-mac": "#1f77b4", "moshi_mlx": "#ff7f0e", "pytorch": "#7f7f7f"}
+COLORS = {"moshi-mac": "#1f77b4", "moshi_mlx": "#ff7f0e", "pytorch": "#7f7f7f",
+          "pytorch-cuda": "#2ca02c", "pytorch-mps": "#2ca02c"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -40,6 +41,12 @@ def merge_rounds(records: list[dict]) -> list[dict]:
                               "max": 1000 / min(per_repeat)}
         row["x_real_time"] = 1000 / med / FRAME_RATE
         row["loadavg_runs"] = [r["loadavg_before"][0] for r in ok]
+        splits = [r["split"] for r in ok if r.get("split")]
+        if splits:  # one synced step per round: the median of the rounds, part by part
+            row["split"] = {k: statistics.median(s[k] for s in splits) for k in splits[0]}
+        sampling = [r["sampling_ms"] for r in ok if r.get("sampling_ms") is not None]
+        if sampling:
+            row["sampling_ms"] = statistics.median(sampling)
         rows.append(row)
     rows.sort(key=lambda r: (r["shape"] != "real", r["model"], ORDER.get(r["impl"], 9),
                              DTYPE_ORDER.get(r["dtype"], 9)))
@@ -68,11 +75,12 @@ def comparisons(rows: list[dict]) -> list[dict]:
     """moshi-mac against the others, same model, shape and dtype; and each one's fastest."""
     ok = [r for r in rows if r.get("status") == "ok"]
     by = {(r["impl"], r["model"], r["shape"], r["dtype"]): r for r in ok}
+    others = sorted({r["impl"] for r in ok} - {"moshi-mac"}, key=lambda i: ORDER.get(i, 9))
     out = []
     for (impl, model, shape, dtype), r in by.items():
         if impl != "moshi-mac":
             continue
-        for other in ("moshi_mlx", "pytorch"):
+        for other in others:
             o = by.get((other, model, shape, dtype))
             if o:
                 out.append({"model": model, "shape": shape, "dtype": dtype, "vs": other,
@@ -87,7 +95,7 @@ def comparisons(rows: list[dict]) -> list[dict]:
     for (model, shape, impl), r in best.items():
         if impl != "moshi-mac":
             continue
-        for other in ("moshi_mlx", "pytorch"):
+        for other in others:
             o = best.get((model, shape, other))
             if o:
                 out.append({"model": model, "shape": shape, "dtype": f"{r['dtype']} vs {o['dtype']}",
@@ -282,10 +290,11 @@ def plot(payload: dict, path: Path) -> Path | None:
         ax.set_xticks(ticks, labels, fontsize=8)
         ax.set_ylabel("LM steps/s (log)")
         ax.set_title(f"{shape} shapes")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
+    shown = [i for i in COLORS if any(r["impl"] == i for r in payload["lm"])]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[i]) for i in shown]
     handles.append(plt.Line2D([0], [0], color="red"))
     handles.append(plt.Line2D([0], [0], color="green", linestyle="--"))
-    fig.legend(handles, list(COLORS) + ["bandwidth limit (measured)", "real time"],
+    fig.legend(handles, shown + ["bandwidth limit (measured)", "real time"],
                loc="lower center", ncol=5, fontsize=8)
     machine = payload.get("machine", {})
     fig.suptitle(f"LM step speed, {machine.get('processor', '')}, {machine.get('cpu_count', '?')} "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -87,7 +88,12 @@ def parse_args(argv):
     p.add_argument("--plot", type=Path, help="PNG path (default: --out with .png)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--markdown", type=Path, help="also write the Markdown tables here")
+    p.add_argument("--torch-device", nargs="+", default=["cpu"], choices=["cpu", "cuda", "mps"],
+                   help="where the PyTorch cases run (several: one case each; "
+                        "non-CPU ones are reported as pytorch-<device>)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", type=Path, metavar="JSON",
+                   help="run nothing: re-derive the tables, plot and Markdown of a saved result")
     args = p.parse_args(argv)
     names = config_names()
     for name in (args.models or []) + (args.tiny_models or []):
@@ -129,8 +135,13 @@ def lm_cases(args) -> list[list[dict]]:
                 "steps": args.tiny_steps if tiny else args.steps,
                 "warmup": args.tiny_warmup if tiny else args.warmup,
                 "repeats": args.tiny_repeats if tiny else args.repeats,
-                "split_steps": 1 if args.quick or not tiny else 5}
-        groups.append([dict(base, impl=impl) for impl in args.impls])
+                "split_steps": 1 if args.quick else 5 if tiny else 2}
+        group = []
+        for impl in args.impls:
+            devices = args.torch_device if impl == "pytorch" else ["cpu"]
+            group += [dict(base, impl=impl, **({"torch_device": d} if d != "cpu" else {}))
+                      for d in devices]
+        groups.append(group)
     return groups
 
 
@@ -163,7 +174,7 @@ def run_child(script: str, spec: dict, args) -> dict:
         need = estimate_gb(spec)
         avail = psutil.virtual_memory().available / 1e9
         if need > avail:
-            return dict(spec, status=f"skipped: needs ~{need:.1f} GB, {avail:.1f} GB free",
+            return dict(label_impl(spec), status=f"skipped: needs ~{need:.1f} GB, {avail:.1f} GB free",
                         loadavg_before=loadavg())
     wait_for_load(args)
     label = " ".join(str(spec.get(k)) for k in ("kind", "impl", "model", "shape", "dtype", "variant")
@@ -177,18 +188,40 @@ def run_child(script: str, spec: dict, args) -> dict:
         proc = subprocess.run([sys.executable, str(HERE / script), "--case", json.dumps(spec)],
                               capture_output=True, text=True, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:
-        return dict(spec, status=f"failed: timed out after {args.timeout:.0f} s", loadavg_before=loadavg())
+        return dict(label_impl(spec), status=f"failed: timed out after {args.timeout:.0f} s",
+                    loadavg_before=loadavg())
     for line in proc.stdout.splitlines():
         if line.startswith(MARK):
             rec = json.loads(line[len(MARK):])
             rec["wall_s"] = round(time.perf_counter() - t0, 1)
+            rec = label_impl(rec)
             print(f"    {summary(rec)}", flush=True)
             return rec
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     if proc.returncode < 0 or proc.returncode == 137:
         tail = f"killed (signal {-proc.returncode if proc.returncode < 0 else 9}; out of memory?)"
     print(f"    failed: {tail}", flush=True)
-    return dict(spec, status=f"failed: {tail[:200]}", loadavg_before=loadavg())
+    return dict(label_impl(spec), status=f"failed: {tail[:200]}", loadavg_before=loadavg())
+
+
+def label_impl(rec: dict) -> dict:
+    """PyTorch off the CPU is its own implementation in the tables: pytorch-<device>."""
+    device = rec.get("torch_device", "cpu")
+    return rec if device == "cpu" else dict(rec, impl=f"pytorch-{device}")
+
+
+def nvidia_gpu() -> str:
+    """The NVIDIA GPUs nvidia-smi reports, or why there are none."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return "none (no nvidia-smi on this machine)"
+    try:
+        out = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"none (nvidia-smi failed: {e})"
+    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return "; ".join(names) if out.returncode == 0 and names else "none (nvidia-smi lists no GPU)"
 
 
 def summary(rec: dict) -> str:
@@ -208,16 +241,16 @@ def summary(rec: dict) -> str:
 # ---------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
-    import report
-
     args = parse_args(argv)
+    if args.report:
+        return rereport(args)
     t0 = time.perf_counter()
     payload = {"machine": machine_info(), "command": " ".join(["moshi-mac bench", *(argv or sys.argv[1:])]),
                "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": loadavg(),
                "moshi_mac_default_dtype": {"real": default_dtype_name(),
                                            "tiny": default_dtype_name(bench_config("hibiki-1b", "tiny"))},
-               "nvidia_gpu": "not available on this machine: GPU comparisons skipped"}
+               "nvidia_gpu": nvidia_gpu(), "torch_devices": args.torch_device}
     plot_path = None if args.no_plot else (args.plot or args.out.with_suffix(".png"))
 
     def save():
@@ -242,9 +275,7 @@ def main(argv=None) -> int:
                     records.append(run_child("bench_lm.py", spec, args))
                     payload["lm_records"] = records
                     save()
-        payload["lm"] = report.merge_rounds(records)
-        report.add_limits(payload["lm"], (payload.get("bandwidth") or {}).get("read_gbs"))
-        payload["comparisons"] = report.comparisons(payload["lm"])
+        derive(payload)
         save()
     if "mimi" in args.sections:
         payload["mimi"] = [run_child("bench_codec.py", {"kind": "mimi", "codebooks": 8,
@@ -263,6 +294,39 @@ def main(argv=None) -> int:
             save()
     payload["loadavg_end"] = loadavg()
     save()
+    publish(payload, args, plot_path)
+    print(f"results: {args.out} ({payload['total_s']:.0f} s)")
+    return 0
+
+
+def derive(payload: dict) -> None:
+    """Rows (rounds merged), bandwidth limits and ratios from the raw LM records."""
+    import report
+
+    payload["lm"] = report.merge_rounds(payload["lm_records"])
+    report.add_limits(payload["lm"], (payload.get("bandwidth") or {}).get("read_gbs"))
+    payload["comparisons"] = report.comparisons(payload["lm"])
+
+
+def rereport(args) -> int:
+    """--report: the tables, plot and Markdown of a saved result, derived again."""
+    from moshi_mac.errors import MoshiMacError
+
+    try:
+        payload = json.loads(args.report.read_text())
+    except (OSError, ValueError) as e:
+        raise MoshiMacError(f"cannot read {args.report}: {e}; pass a JSON file that "
+                            "`moshi-mac bench --out` wrote") from None
+    if payload.get("lm_records"):
+        derive(payload)
+        dump_json(args.report, payload)
+    publish(payload, args, None if args.no_plot else (args.plot or args.report.with_suffix(".png")))
+    return 0
+
+
+def publish(payload: dict, args, plot_path: Path | None) -> None:
+    import report
+
     report.print_tables(payload)
     if plot_path is not None:
         try:
@@ -274,8 +338,6 @@ def main(argv=None) -> int:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(report.markdown(payload) + "\n")
         print(f"markdown: {args.markdown}")
-    print(f"results: {args.out} ({payload['total_s']:.0f} s)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -99,6 +99,24 @@ def test_a_streaming_step_never_syncs():
     assert out is not None and probe.nodes > 0  # its pieces were scheduled (async_eval)
 
 
+def test_the_split_times_a_step_without_changing_it():
+    """`split` syncs where a step schedules its pieces: the same tokens and state as a
+    plain step, every piece timed, and `mx.async_eval` given back afterwards."""
+    cfg = bench_config("hibiki-1b", "tiny")
+    plain, timed = (impls.build("moshi-mac", cfg, "fp32", seed=0) for _ in range(2))
+    scheduled = mx.async_eval
+    rng = np.random.default_rng(0)
+    for codes in rng.integers(0, cfg.card, size=(5, 1, cfg.user_codebooks)).astype(np.int32):
+        plain.step(codes)
+        s = timed.split(codes)
+        assert set(s) == {"temporal_ms", "depformer_ms", "rest_ms", "total_ms"}
+        assert s["temporal_ms"] > 0 and s["depformer_ms"] > 0 and s["rest_ms"] >= 0
+        assert s["temporal_ms"] + s["depformer_ms"] <= s["total_ms"]
+    assert mx.async_eval is scheduled
+    for a, b in zip(plain.gen.state_arrays(), timed.gen.state_arrays(), strict=True):
+        assert np.array_equal(np.array(a), np.array(b))
+
+
 @pytest.mark.parametrize("name,greedy", [("moshi-7b", True), ("hibiki-1b", False)])
 def test_matmuls_split_over_cpu_streams_give_the_same_tokens(name, greedy):
     if len(cpu_streams()) < 2:
@@ -121,8 +139,9 @@ def test_matmuls_split_over_cpu_streams_give_the_same_tokens(name, greedy):
 # Report bookkeeping
 # ---------------------------------------------------------------------------------------
 
-def _record(impl, dtype, ms_rounds, status="ok"):
+def _record(impl, dtype, ms_rounds, status="ok", temporal_ms=1.0):
     return {"impl": impl, "model": "hibiki-1b", "shape": "tiny", "dtype": dtype, "status": status,
+            "split": {"temporal_ms": temporal_ms, "depformer_ms": 2.0}, "sampling_ms": temporal_ms,
             "ms_per_step": {"median": float(np.median(ms_rounds)), "min": min(ms_rounds),
                             "max": max(ms_rounds), "per_repeat": list(ms_rounds)},
             "steps_per_s": {"median": 1000 / float(np.median(ms_rounds))},
@@ -130,13 +149,15 @@ def _record(impl, dtype, ms_rounds, status="ok"):
 
 
 def test_report_merges_rounds_and_pairs_implementations():
-    records = [_record("moshi-mac", "fp32", [4.0, 4.2]), _record("moshi-mac", "fp32", [5.0, 5.2]),
+    records = [_record("moshi-mac", "fp32", [4.0, 4.2], temporal_ms=1.0),
+               _record("moshi-mac", "fp32", [5.0, 5.2], temporal_ms=3.0),
                _record("moshi_mlx", "fp32", [12.0, 12.4]), _record("moshi-mac", "bf16", [6.0, 6.0]),
                _record("pytorch", "q8", [1.0], status="unsupported: no q8")]
     rows = report.merge_rounds(records)
     mac = next(r for r in rows if r["impl"] == "moshi-mac" and r["dtype"] == "fp32")
     assert mac["rounds"] == 2 and mac["ms_per_step"]["median"] == pytest.approx(4.6)
     assert (mac["ms_per_step"]["min"], mac["ms_per_step"]["max"]) == (4.0, 5.2)
+    assert mac["split"] == {"temporal_ms": 2.0, "depformer_ms": 2.0} and mac["sampling_ms"] == 2.0
     report.add_limits(rows, read_gbs=20.0)
     assert mac["limit_steps_per_s"] > mac["steps_per_s"]["median"]
     comps = report.comparisons(rows)
@@ -155,3 +176,25 @@ def test_step_bytes_follow_the_dtype():
     # every weight but the embedding tables (which a step reads one row of)
     assert 0.8 * 2 * n_params(cfg) < sizes["bf16"] < 2 * n_params(cfg)
     assert step_bytes(cfg, "bf16", context_slots=100)["kv_cache"] == 2 * 16 * 16 * 128 * 100 * 2
+
+
+def test_a_saved_result_is_reported_again(tmp_path, capsys):
+    records = [_record("moshi-mac", "fp32", [4.0, 4.2]), _record("moshi-mac", "fp32", [5.0, 5.2]),
+               _record("moshi_mlx", "fp32", [12.0, 12.4]),
+               _record("pytorch-cuda", "fp32", [2.0], status="unsupported: this torch has no CUDA device")]
+    saved, md = tmp_path / "saved.json", tmp_path / "saved.md"
+    saved.write_text(json.dumps({"lm_records": records, "bandwidth": {"read_gbs": 20.0, "read_by": "numpy"}}))
+    assert cli.main(["bench", "--report", str(saved), "--markdown", str(md), "--no-plot"]) == 0
+    text = md.read_text()
+    assert "2.65x" in text and "pytorch-cuda" in text and "no CUDA device" in text
+    data = json.loads(saved.read_text())
+    assert [c["vs"] for c in data["comparisons"]] == ["moshi_mlx", "moshi_mlx"]
+    assert data["lm"][0]["fraction_of_limit"] > 0
+
+
+def test_reporting_a_file_that_is_not_a_result_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    assert cli.main(["bench", "--report", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.json" in err and "Traceback" not in err
