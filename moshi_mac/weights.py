@@ -416,11 +416,12 @@ SMALL_D_MODEL = 1024  # below: a test-sized model (see default_dtype)
 def default_dtype(cfg: LmConfig | None = None):
     """The float dtype to run the LM in: bf16, except fp32 for a small model on the CPU.
 
-    bf16 on Apple GPUs and CUDA. On the MLX CPU backend, measured (benchmarks/README.md):
-    at the real shapes bf16 is as fast as fp32 on one core and faster with matmuls split
-    over the cores, at half the memory (fp32 Moshi-7B does not fit in 24 GB); at tiny test
-    shapes (`cfg` with d_model < SMALL_D_MODEL) fp32 is faster (no float32 conversion of
-    every weight in each matmul). Without `cfg`, the real-shape choice."""
+    bf16 on Apple GPUs and CUDA, where a step is bound by memory bandwidth. On the MLX CPU
+    backend, measured (benchmarks/results/real.md, 2 cores): at the real Hibiki-1B shape
+    bf16 is within ~10 % of fp32 (880 vs 800 ms per step) at half the memory, and fp32
+    Moshi-7B (31 GB) does not fit in 24 GB, so bf16 stays; at tiny test shapes (`cfg` with
+    d_model < SMALL_D_MODEL) fp32 is clearly faster (no float32 conversion of every weight
+    in each matmul). Without `cfg`, the real-shape choice."""
     if mx.default_device() == mx.cpu and cfg is not None and cfg.transformer.d_model < SMALL_D_MODEL:
         return mx.float32
     return mx.bfloat16
