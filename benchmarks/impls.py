@@ -190,6 +190,12 @@ def build_moshi_mac(cfg, dtype: str, *, greedy: bool = False, seed: int = 0, spl
         quant = quantize_model(model, *QUANT[dtype])
         if not quant.modules:
             raise Unsupported(f"nothing to quantize in {dtype}")
+        try:  # activations in the dtype moshi-mac runs a quantized model in (load_lm's)
+            from moshi_mac.weights import cast_floats, default_dtype
+        except ImportError:  # an older checkout: bf16 activations
+            pass
+        else:
+            cast_floats(model, default_dtype(cfg, quantized=True))
     mx.eval(model.parameters())
     if prepare_dense is not None and (split_streams is not None or split_options):
         prepare_dense(model, split=split_streams, **(split_options or {}))

@@ -413,34 +413,57 @@ def _detect_quant(name: str, shape, info: TensorInfo, scales: TensorInfo):
 SMALL_D_MODEL = 1024  # below: a test-sized model (see default_dtype)
 
 
-def default_dtype(cfg: LmConfig | None = None):
-    """The float dtype to run the LM in: bf16, except fp32 for a small model on the CPU.
+def default_dtype(cfg: LmConfig | None = None, quantized: bool = False):
+    """The float dtype to run the LM in (activations, norms, KV caches): bf16, except
+    float32 on the MLX CPU backend for a small model or a quantized one.
 
     bf16 on Apple GPUs and CUDA, where a step is bound by memory bandwidth. On the MLX CPU
     backend, measured (benchmarks/results/real.md, 2 cores): at the real Hibiki-1B shape
     bf16 is within ~10 % of fp32 (880 vs 800 ms per step) at half the memory, and fp32
     Moshi-7B (31 GB) does not fit in 24 GB, so bf16 stays; at tiny test shapes (`cfg` with
     d_model < SMALL_D_MODEL) fp32 is clearly faster (no float32 conversion of every weight
-    in each matmul). Without `cfg`, the real-shape choice."""
-    if mx.default_device() == mx.cpu and cfg is not None and cfg.transformer.d_model < SMALL_D_MODEL:
+    in each matmul). A `quantized` model runs float32 activations on the CPU: MLX's CPU
+    quantized matmul is ~8x slower with a bf16 input than with a float32 one (8192x2048 q8:
+    132 vs 16 ms; benchmarks/README.md), and the packed weights do not change size.
+    Without `cfg`, the real-shape choice."""
+    if mx.default_device() == mx.cpu and (quantized or (
+            cfg is not None and cfg.transformer.d_model < SMALL_D_MODEL)):
         return mx.float32
     return mx.bfloat16
+
+
+def cast_floats(model: Lm, dtype) -> None:
+    """Every float parameter of `model` to `dtype`, except the conditioner (float32, as
+    the reference keeps it) and the scales and biases of quantized linear layers (MLX's
+    quantized matmul takes them in another dtype than its input at full speed, and they
+    stay as small as the file has them). A quantized embedding's scales and biases do
+    follow `dtype`: they are the dtype of what it returns."""
+    embeddings = {path for path, m in model.named_modules() if isinstance(m, nn.QuantizedEmbedding)}
+    updates = []
+    for name, v in tree_flatten(model.parameters()):
+        if not _is_float(v) or v.dtype == dtype or name.startswith("condition_provider."):
+            continue
+        module, _, leaf = name.rpartition(".")
+        if leaf in ("scales", "biases") and module not in embeddings:
+            continue
+        updates.append((name, v.astype(dtype)))
+    if updates:
+        model.load_weights(updates, strict=False)
 
 
 def load_lm(path: str | Path, cfg: LmConfig, cfg_name: str = "config", dtype=None,
             expect_quant: str | None = None) -> tuple[Lm, CheckReport]:
     """Check, then build the model with the file's tensors (memory-mapped by MLX)."""
     report = check_weights(path, cfg, cfg_name, expect_quant)
-    dtype = dtype or default_dtype(cfg)
+    dtype = dtype or default_dtype(cfg, quantized=bool(report.quantization.modules))
     tensors = mx.load(str(path))
     if report.layout == "pytorch":
         tensors = pytorch_to_mlx(cfg, tensors)
     model = Lm(cfg)
     apply_quantization(model, report.quantization)
-    tensors = {k: (v.astype(dtype) if _is_float(v) and not k.startswith("condition_provider.")
-                   and not k.endswith((".scales", ".biases")) else v)
-               for k, v in tensors.items()}
     model.load_weights(list(tensors.items()), strict=True)
+    del tensors
+    cast_floats(model, dtype)
     if cfg.moshi_mac.text_eos_alias_pad:
         alias_eos_to_pad(model)
     mx.eval(model.parameters())

@@ -51,6 +51,34 @@ def test_loaded_model_runs(make_model, layout, quant):
     assert mx.isfinite(logits).all().item()
 
 
+@pytest.mark.parametrize("quant", ["q8", "q4"])
+def test_quantized_model_dtypes_follow_the_backend(make_model, quant):
+    """On the CPU backend a quantized model runs float32 activations (MLX's CPU quantized
+    matmul is ~8x slower with bf16 input): norms and quantized embeddings' scales in
+    float32; linear layers keep the file's bf16 scales; the packed weights are untouched."""
+    from mlx.utils import tree_flatten
+
+    from moshi_mac.weights import default_dtype
+
+    folder = make_model("moshi-7b", quantize=quant)
+    cfg = load_config(from_dir(folder).config)
+    model, report = load_lm(from_dir(folder).weights, cfg)
+    want = default_dtype(cfg, quantized=True)
+    assert model.dtype == want
+    params = dict(tree_flatten(model.parameters()))
+    assert params["text_emb.scales"].dtype == want and params["out_norm.weight"].dtype == want
+    assert params["text_linear.scales"].dtype == mx.bfloat16  # as the file has it
+    assert params["text_linear.weight"].dtype == mx.uint32
+    codes = mx.zeros((1, 1 + cfg.audio_codebooks, 2), dtype=mx.int32)
+    out, logits = model.forward_text(codes)
+    assert out.dtype == want and logits.dtype == want
+    if mx.default_device() == mx.cpu:
+        assert want == mx.float32
+        assert default_dtype(cfg, quantized=False) == mx.float32  # tiny: fp32 anyway
+        assert default_dtype(None, quantized=True) == mx.float32
+        assert default_dtype(None) == mx.bfloat16
+
+
 def test_pytorch_and_mlx_layouts_give_the_same_model(make_model):
     a = make_model("hibiki-zero-3b", layout="mlx")
     b = make_model("hibiki-zero-3b", layout="pytorch")
