@@ -45,6 +45,19 @@ class Runner:
     def split(self, codes: np.ndarray) -> dict:
         raise NotImplementedError
 
+    def _timed_step(self, codes: np.ndarray, marks: dict) -> dict:
+        """One step, timed; hooks the caller installed put the times the temporal piece and
+        the depformer ended into `marks` ("temporal", "depformer"). The split in ms, or {}
+        when a hook did not fire."""
+        t0 = time.perf_counter()
+        self.step(codes)
+        t1 = time.perf_counter()
+        if not {"temporal", "depformer"} <= marks.keys():
+            return {}
+        temporal, dep = marks["temporal"] - t0, marks["depformer"] - marks["temporal"]
+        return {"temporal_ms": 1000 * temporal, "depformer_ms": 1000 * dep,
+                "rest_ms": 1000 * (t1 - t0 - temporal - dep), "total_ms": 1000 * (t1 - t0)}
+
     def sampling_ms(self, repeats: int = 20) -> float:
         raise NotImplementedError
 
@@ -227,24 +240,24 @@ class MoshiMacRunner(Runner):
         and the split would time full cache copies that a real step never makes.)"""
         mx, gen = self.mx, self.gen
         n_dep = getattr(gen, "dep_q", None)
-        marks, scheduled = [], mx.async_eval
+        if n_dep is None:  # an older checkout: other pieces
+            return {}
+        marks, calls, scheduled = {}, [], mx.async_eval
 
-        def synced(*arrays):
+        def synced(*arrays):  # 1: the temporal piece, 2..n_dep+1: the slices, last: the state
             mx.eval(*arrays)
-            marks.append(time.perf_counter())
+            calls.append(time.perf_counter())
+            if len(calls) == 1:
+                marks["temporal"] = calls[-1]
+            if len(calls) == n_dep + 1:
+                marks["depformer"] = calls[-1]
 
         mx.async_eval = synced
         try:
-            t0 = time.perf_counter()
-            self.step(codes)
-            t1 = time.perf_counter()
+            split = self._timed_step(codes, marks)
         finally:
             mx.async_eval = scheduled
-        if n_dep is None or len(marks) != n_dep + 2:  # an older checkout: other pieces
-            return {}
-        temporal, dep = marks[0] - t0, marks[n_dep] - marks[0]
-        return {"temporal_ms": 1000 * temporal, "depformer_ms": 1000 * dep,
-                "rest_ms": 1000 * (t1 - t0 - temporal - dep), "total_ms": 1000 * (t1 - t0)}
+        return split if len(calls) == n_dep + 2 else {}
 
     def sampling_ms(self, repeats: int = 20) -> float:
         """The text draw and the dep_q audio draws, compiled as in a step."""
@@ -368,15 +381,9 @@ class MoshiMlxRunner(Runner):
 
         dep.sample = sample
         try:
-            t0 = time.perf_counter()
-            self.step(codes)
-            t1 = time.perf_counter()
+            return self._timed_step(codes, marks)
         finally:
             del dep.sample
-        temporal = marks["temporal"] - t0
-        d = marks["depformer"] - marks["temporal"]
-        return {"temporal_ms": 1000 * temporal, "depformer_ms": 1000 * d,
-                "rest_ms": 1000 * (t1 - t0 - temporal - d), "total_ms": 1000 * (t1 - t0)}
 
     def sampling_ms(self, repeats: int = 20) -> float:
         mx, cfg = self.mx, self.model.cfg
@@ -493,15 +500,9 @@ class PytorchRunner(Runner):
 
         state.graphed_depth = timed_depth
         try:
-            t0 = time.perf_counter()
-            self.step(codes)
-            t1 = time.perf_counter()
+            return self._timed_step(codes, marks)
         finally:
             state.graphed_depth = depth
-        temporal = marks["temporal"] - t0
-        d = marks["depformer"] - marks["temporal"]
-        return {"temporal_ms": 1000 * temporal, "depformer_ms": 1000 * d,
-                "rest_ms": 1000 * (t1 - t0 - temporal - d), "total_ms": 1000 * (t1 - t0)}
 
     def sampling_ms(self, repeats: int = 20) -> float:
         torch = self.torch

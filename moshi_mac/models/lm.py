@@ -21,7 +21,17 @@ ZERO_TOKEN = -1  # "no input": a zero embedding (LMModel.zero_token_id)
 UNGENERATED_TOKEN = -2  # "to be generated" (LMModel.ungenerated_token_id)
 
 
-class ScaledEmbedding(nn.Module):
+class _ZeroTokenEmbedding:
+    """The rule both embeddings share: id -1 gives a zero vector. A subclass says how to
+    get the rows of ids >= 0 (`lookup`) and what follows them (`project`)."""
+
+    def __call__(self, ids: mx.array) -> mx.array:
+        is_zero = (ids == ZERO_TOKEN)[..., None]
+        y = self.lookup(mx.maximum(ids, 0))
+        return self.project(mx.where(is_zero, mx.zeros((), dtype=y.dtype), y))
+
+
+class ScaledEmbedding(_ZeroTokenEmbedding, nn.Module):
     """Embedding where id -1 gives a zero vector, optionally low-rank (then a linear)."""
 
     def __init__(self, num_embeddings: int, dim: int, low_rank: int | None = None):
@@ -36,29 +46,18 @@ class ScaledEmbedding(nn.Module):
     def project(self, y: mx.array) -> mx.array:
         return y if self.low_rank is None else dense(self.low_rank, y)
 
-    def __call__(self, ids: mx.array) -> mx.array:
-        is_zero = (ids == ZERO_TOKEN)[..., None]
-        y = self.lookup(mx.maximum(ids, 0))
-        y = mx.where(is_zero, mx.zeros((), dtype=y.dtype), y)
-        return self.project(y)
-
     def to_quantized(self, group_size: int = 64, bits: int = 4, mode: str = "affine"):
         return QuantizedScaledEmbedding.from_embedding(self, group_size, bits, mode)
 
 
-class QuantizedScaledEmbedding(nn.QuantizedEmbedding):
+class QuantizedScaledEmbedding(_ZeroTokenEmbedding, nn.QuantizedEmbedding):
     """The quantized twin of `ScaledEmbedding` (same -1 handling; leaf, so no low rank)."""
 
     def lookup(self, ids: mx.array) -> mx.array:
-        return super().__call__(ids)
+        return nn.QuantizedEmbedding.__call__(self, ids)
 
     def project(self, y: mx.array) -> mx.array:
         return y
-
-    def __call__(self, ids: mx.array) -> mx.array:
-        is_zero = (ids == ZERO_TOKEN)[..., None]
-        y = self.lookup(mx.maximum(ids, 0))
-        return mx.where(is_zero, mx.zeros((), dtype=y.dtype), y)
 
     @classmethod
     def from_embedding(cls, emb: ScaledEmbedding, group_size: int, bits: int, mode: str = "affine"):
