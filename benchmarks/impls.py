@@ -167,7 +167,7 @@ ABLATIONS = {
 
 def build_moshi_mac(cfg, dtype: str, *, greedy: bool = False, seed: int = 0, split_streams=None,
                     split_options: dict | None = None, ablate: tuple[str, ...] = ()):
-    """`split_streams` / `split_options`: `prepare_dense` arguments (default: its own).
+    """`split_streams` / `split_options`: `DensePlans` arguments (default: its own).
     `ablate`: switch optimisations off, to measure what each brings (see ABLATIONS); this
     process is then only good for measuring. Works on older checkouts too (see
     common.SOURCE), where the newer machinery is missing."""
@@ -178,15 +178,15 @@ def build_moshi_mac(cfg, dtype: str, *, greedy: bool = False, seed: int = 0, spl
     from moshi_mac.weights import quantize_model
 
     try:
-        from moshi_mac.models.layers import prepare_dense
+        from moshi_mac.models.layers import DensePlans, plain_linear
     except ImportError:  # an older checkout
-        prepare_dense = None
+        DensePlans = None
     unknown = set(ablate) - set(ABLATIONS)
     if unknown:
         raise ValueError(f"unknown ablations {sorted(unknown)}; known: {sorted(ABLATIONS)}")
-    if "no_dense_plans" in ablate and prepare_dense is not None:
-        prepare_dense = None
-        generate.prepare_dense = lambda model, *a, **k: 0
+    if "no_dense_plans" in ablate and DensePlans is not None:
+        DensePlans = None
+        generate.DensePlans = lambda model, *a, **k: plain_linear
     if "no_split" in ablate:
         split_streams = False
     if "no_async" in ablate:
@@ -210,22 +210,24 @@ def build_moshi_mac(cfg, dtype: str, *, greedy: bool = False, seed: int = 0, spl
         else:
             cast_floats(model, default_dtype(cfg, quantized=True))
     mx.eval(model.parameters())
-    if prepare_dense is not None and (split_streams is not None or split_options):
-        prepare_dense(model, split=split_streams, **(split_options or {}))
-    return MoshiMacRunner(model, greedy=greedy, seed=seed)
+    plans = None
+    if DensePlans is not None and (split_streams is not None or split_options):
+        plans = DensePlans(model, split=split_streams, **(split_options or {}))
+    return MoshiMacRunner(model, greedy=greedy, seed=seed, plans=plans)
 
 
 class MoshiMacRunner(Runner):
     name = "moshi-mac"
 
-    def __init__(self, model, *, greedy: bool, seed: int):
+    def __init__(self, model, *, greedy: bool, seed: int, plans=None):
         import mlx.core as mx
 
         from moshi_mac.generate import GenOptions, LmGen
 
         self.mx = mx
         self.model = model
-        self.gen = LmGen(model, options=GenOptions(greedy=greedy, seed=seed))
+        opts = GenOptions(greedy=greedy, seed=seed)
+        self.gen = LmGen(model, options=opts, **({} if plans is None else {"plans": plans}))
 
     def step(self, codes: np.ndarray) -> None:
         mx = self.mx

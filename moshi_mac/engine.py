@@ -10,7 +10,10 @@ Mimi encode -> LM step -> Mimi decode, one 80 ms frame at a time.
   twice; for Hibiki, after the input, one frame of input-EOS codes (`card` on every user
   codebook) and then Mimi-encoded silence until the model emits the text EOS. A
   `FileSource` bounds that tail.
-- `TextAssembler` turns text tokens into printable text (ids 0 and 3 and control pieces
+- Lookahead: a `Session` schedules the LM step of frame n + 1 before it reads frame n's
+  tokens (`LmStepper.schedule` / `collect`), as mlx-lm's `generate_step` does; the
+  outputs are the same, the device never idles while Python works.
+- `TextAssembler` turns text tokens into printable text (the padding ids and control pieces
   are not printed, "▁" becomes a space) and words with start and end times.
 """
 
@@ -27,10 +30,10 @@ import numpy as np
 
 from .codec import FRAME_SIZE, SAMPLE_RATE
 from .errors import MoshiMacError
+from .tokenizer import EOS_ID, PAD_ID, UNK_ID
 from .transcript import Token, Word
 
 FRAME_S = FRAME_SIZE / SAMPLE_RATE  # 0.08 s
-TEXT_EOS_ID = 2  # SentencePiece </s>: Hibiki's end of translation
 
 
 # ---------------------------------------------------------------------------------------
@@ -65,17 +68,40 @@ def load_model(model: str | None, weights=None) -> LoadedModel:
     return LoadedModel(files, check.config, lm, load_tokenizer(files.tokenizer))
 
 
+def shipped_generation_values(name: str) -> str:
+    """The value of `[moshi_mac.generation]` field `name` in the shipped model configs, for
+    `--help`: "0.8", or "0.8 (hibiki-1b), 0.9 (moshi-7b)" when they differ."""
+    import tomllib
+    from dataclasses import fields
+
+    from .config import GenerationConfig
+    from .registry import config_dir
+
+    default = {f.name: f.default for f in fields(GenerationConfig)}[name]
+    values = {}
+    for path in sorted(config_dir().glob("*.toml")):
+        gen = tomllib.loads(path.read_text()).get("moshi_mac", {}).get("generation", {})
+        values[path.stem] = gen.get(name, default)
+    if len(set(values.values())) <= 1:
+        return f"{next(iter(values.values()), default)}"
+    return ", ".join(f"{v} ({k})" for k, v in values.items())
+
+
 def add_generation_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampling (defaults: the model's reference settings)")
-    g.add_argument("--temp", type=float, help="audio temperature (reference: 0.8)")
-    g.add_argument("--temp-text", type=float, help="text temperature (reference: 0.7)")
-    g.add_argument("--top-k", type=int, help="audio top-k (reference: 250)")
-    g.add_argument("--top-k-text", type=int, help="text top-k (reference: 25)")
+    def default(name: str) -> str:
+        return f"default: from the model config: {shipped_generation_values(name)}"
+
+    g = p.add_argument_group("sampling (defaults: the model config's [moshi_mac.generation])")
+    g.add_argument("--temp", type=float, help=f"audio temperature ({default('temp')})")
+    g.add_argument("--temp-text", type=float, help=f"text temperature ({default('temp_text')})")
+    g.add_argument("--top-k", type=int, help=f"audio top-k ({default('top_k')})")
+    g.add_argument("--top-k-text", type=int, help=f"text top-k ({default('top_k_text')})")
     g.add_argument("--cfg", type=float, dest="cfg_coef", metavar="COEF",
-                   help="classifier-free guidance coefficient (Hibiki 1B/2B; e.g. 3; 1 = off)")
+                   help="classifier-free guidance coefficient (Hibiki 1B/2B; e.g. 3; 1 = off; "
+                        f"{default('cfg_coef')})")
     g.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
-    g.add_argument("--seed", type=int, default=4242,
-                   help="random seed: the same seed gives the same output (default 4242)")
+    g.add_argument("--seed", type=int,
+                   help=f"random seed: the same seed gives the same output ({default('seed')})")
     e = p.add_argument_group("engine")
     e.add_argument("--sequential", action="store_true",
                    help="run Mimi and the LM in turn on one thread (default: Mimi encode and "
@@ -116,7 +142,10 @@ Source = Callable[[threading.Event], "InFrame | None"]
 
 class FileSource:
     """A file's audio as frames (the last one zero-padded); with `flush` (Hibiki), then
-    one EOS frame and at most `max_tail_frames` frames of silence."""
+    one EOS frame and at most `max_tail_frames` frames of silence. Every frame is there in
+    advance (`in_advance`), so a sequential session reads one ahead (see `Session`)."""
+
+    in_advance = True
 
     def __init__(self, pcm: np.ndarray, flush: bool, max_tail_frames: int = 0):
         pcm = np.asarray(pcm, np.float32).reshape(-1)
@@ -138,8 +167,23 @@ class FileSource:
         return InFrame("tail", np.zeros(FRAME_SIZE, np.float32), offset)
 
 
+@dataclass
+class Scheduled:
+    """A step handed to the device and not read yet (see `LmStepper.schedule`)."""
+
+    tokens: object  # mx.array [1, 1 + dep_q] being computed, or None (warm-up of the delays)
+    frame: InFrame
+    input_ended: bool  # the input had ended when this step was fed
+    steps: int  # model steps made (the first frame counts twice)
+
+
 class LmStepper:
     """`LmGen` plus the reference's feeding rules and end detection (see the module doc).
+
+    A step is `schedule` (hand it to the device: no sync) then `collect` (wait for its
+    tokens and read them); `step` does both. Scheduling step n + 1 before collecting step
+    n (`Session` does, as mlx-lm's `generate_step`) lets the device compute while Python
+    reads, decodes and builds the next step; the outputs are the same.
 
     `stop_on_eos`: end when the text EOS comes once the input has ended (Hibiki files).
     `slow_s`: an artificial delay per step (for testing the live lag policy)."""
@@ -157,12 +201,14 @@ class LmStepper:
         self.eos_codes = np.full(cfg.user_codebooks, cfg.card, np.int32)
         self.stop_on_eos = stop_on_eos
         self.slow_s = slow_s
-        self.steps = 0  # model steps (the first frame counts twice)
+        self.steps = 0  # model steps collected (the first frame counts twice)
         self.outputs = 0
-        self.input_ended = False
+        self.input_ended = False  # as of the last step collected
         self.done = False
         self.eos_reached = False
         self.early_eos = 0  # text EOS before the input ended (the reference warns)
+        self._scheduled = 0  # frames scheduled
+        self._ended = False  # as of the last step scheduled
 
     def warm_up(self, steps: int = 4) -> None:
         """Run a few steps on zero codes so MLX has built and allocated everything, then
@@ -175,33 +221,45 @@ class LmStepper:
             mx.eval([out] if out is not None else self.gen.state_arrays())
         self.gen.reset()
 
-    def step(self, codes: np.ndarray, frame: InFrame) -> StepOut | None:
+    def schedule(self, codes: np.ndarray, frame: InFrame) -> Scheduled:
+        """Feed one frame's user codes; the step is computed in the background."""
         import mlx.core as mx
 
         if self.slow_s:
             time.sleep(self.slow_s)
         x = mx.array(np.asarray(codes[: self.user_codebooks], np.int32)[None])
-        if self.steps == 0:  # the reference feeds the first frame twice
+        steps = 1
+        if self._scheduled == 0:  # the reference feeds the first frame twice
             self.gen.step(x)
-            self.steps += 1
-        if frame.kind == "eos":
-            self.input_ended = True
-        out = self.gen.step(x)
-        self.steps += 1
-        if out is None:
+            steps = 2
+        self._scheduled += 1
+        self._ended = self._ended or frame.kind == "eos"
+        return Scheduled(self.gen.step(x), frame, self._ended, steps)
+
+    def collect(self, s: Scheduled) -> StepOut | None:
+        """Wait for a scheduled step's tokens (in order); its output, or None (warm-up)."""
+        import mlx.core as mx
+
+        self.steps += s.steps
+        self.input_ended = s.input_ended
+        if s.tokens is None:
             return None
-        mx.eval(out)  # releases the GIL: the Mimi threads run meanwhile
-        tokens = np.array(out[0])
+        mx.eval(s.tokens)  # releases the GIL: the Mimi threads run meanwhile
+        tokens = np.array(s.tokens[0])
         text = int(tokens[0])
-        if text == TEXT_EOS_ID:
-            if self.input_ended:
+        if text == EOS_ID:
+            if s.input_ended:
                 self.eos_reached = True
                 self.done = self.stop_on_eos
             else:
                 self.early_eos += 1
-        result = StepOut(self.outputs, text, tokens[1:] if self.dep_q else None, frame)
+        result = StepOut(self.outputs, text, tokens[1:] if self.dep_q else None, s.frame)
         self.outputs += 1
         return result
+
+    def step(self, codes: np.ndarray, frame: InFrame) -> StepOut | None:
+        """`schedule` then `collect`: one step, no lookahead."""
+        return self.collect(self.schedule(codes, frame))
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,10 +269,10 @@ class LmStepper:
 class TextAssembler:
     """Text tokens -> printable text, timed tokens and timed words."""
 
-    def __init__(self, tokenizer, frame_s: float = FRAME_S, hidden_ids=(0, 3)):
+    def __init__(self, tokenizer, frame_s: float = FRAME_S, hidden_ids=(UNK_ID, PAD_ID)):
         self.sp = tokenizer
         self.frame_s = frame_s
-        self.hidden = set(hidden_ids) | {TEXT_EOS_ID}
+        self.hidden = set(hidden_ids) | {EOS_ID}
         self.tokens: list[Token] = []
         self.words: list[Word] = []
         self.text = ""
@@ -251,9 +309,9 @@ class StageTimes:
     seconds: dict[str, float] = field(default_factory=lambda: {"encode": 0.0, "lm": 0.0, "decode": 0.0})
     calls: dict[str, int] = field(default_factory=lambda: {"encode": 0, "lm": 0, "decode": 0})
 
-    def add(self, stage: str, dt: float) -> None:
+    def add(self, stage: str, dt: float, call: bool = True) -> None:
         self.seconds[stage] += dt
-        self.calls[stage] += 1
+        self.calls[stage] += call
 
     def ms_per_call(self) -> dict[str, float]:
         return {k: round(1000 * v / max(1, self.calls[k]), 2) for k, v in self.seconds.items()}
@@ -307,25 +365,35 @@ class Session:
 
     `timeline`: "output" puts text at the output frame's own time (files: the output wav
     is contiguous); "input" at the time of the input frame of its step (live: recordings
-    line up with the microphone's)."""
+    line up with the microphone's).
+
+    `lookahead` (default on): schedule the LM step of frame n + 1 before reading the
+    tokens of frame n, so the device computes step n + 1 while Python reads, decodes and
+    hands out step n (mlx-lm's `generate_step` does the same). Outputs are identical.
+    It only waits for a frame that is already there: in pipelined mode one already
+    encoded, in sequential mode a source with `in_advance` (a file), so live input
+    gets no added latency. `codec(path, num_codebooks)` makes the Mimi instances
+    (default: `codec.Mimi`, rustymimi)."""
 
     def __init__(self, model: LoadedModel, options=None, *, stop_on_eos: bool = False,
                  keep_audio: bool = True, timeline: str = "output", slow_s: float = 0.0,
-                 queue_size: int = 2):
+                 queue_size: int = 2, lookahead: bool = True, codec=None):
         from .codec import Mimi
 
+        codec = codec or Mimi
         cfg = model.cfg
         self.model = model
         self.stepper = LmStepper(model.lm, options, stop_on_eos=stop_on_eos, slow_s=slow_s)
         # One rustymimi instance per thread: each keeps its own streaming state.
-        self.encoder = Mimi(model.files.mimi, cfg.user_codebooks)
-        self.decoder = Mimi(model.files.mimi, cfg.dep_q) if cfg.dep_q else None
+        self.encoder = codec(model.files.mimi, cfg.user_codebooks)
+        self.decoder = codec(model.files.mimi, cfg.dep_q) if cfg.dep_q else None
         self.text = TextAssembler(model.tokenizer,
                                   hidden_ids=(cfg.moshi_mac.end_of_text_padding_id,
                                               cfg.moshi_mac.text_padding_id))
         self.timeline = timeline
         self.keep_audio = keep_audio
         self.queue_size = queue_size
+        self.lookahead = lookahead
         self.listeners: list[Listener] = []
         self.times = StageTimes()
         self.input_frames = 0
@@ -356,18 +424,35 @@ class Session:
         self.times.add("encode", time.perf_counter() - t)
         return codes
 
-    def _step(self, frame: InFrame, codes: np.ndarray, deliver: Callable[[StepOut], None],
-              on_step) -> bool:
-        """One LM step; its output (if any) goes to `deliver`. True when the model is done."""
+    def _schedule(self, frame: InFrame, codes: np.ndarray) -> Scheduled:
         t = time.perf_counter()
-        out = self.stepper.step(codes, frame)
+        scheduled = self.stepper.schedule(codes, frame)
         self.times.add("lm", time.perf_counter() - t)
-        self.input_frames += frame.kind == "input"
+        return scheduled
+
+    def _collect(self, scheduled: Scheduled, deliver: Callable[[StepOut], None], on_step) -> bool:
+        """Read a scheduled step; its output (if any) goes to `deliver`. True when the
+        model is done."""
+        t = time.perf_counter()
+        out = self.stepper.collect(scheduled)
+        self.times.add("lm", time.perf_counter() - t, call=False)
+        self.input_frames += scheduled.frame.kind == "input"
         if out is not None:
             deliver(out)
         if on_step is not None:
             on_step(self)
         return self.stepper.done
+
+    def _feed(self, item: tuple[InFrame, np.ndarray], pending: Scheduled | None, deliver,
+              on_step, ahead: bool) -> tuple[Scheduled | None, bool]:
+        """Schedule `item`'s step, then collect `pending` (the previous one) or, without
+        `ahead`, this one. Returns (the step left pending, whether the model is done)."""
+        scheduled = self._schedule(*item)
+        if not ahead:
+            return None, self._collect(scheduled, deliver, on_step)
+        if pending is not None and self._collect(pending, deliver, on_step):
+            return None, True  # `scheduled` is dropped: the model was done before it
+        return scheduled, False
 
     def _emit(self, out: StepOut) -> None:
         pcm = None
@@ -406,12 +491,18 @@ class Session:
                              stage_ms=self.times.ms_per_call())
 
     def _run_sequential(self, source: Source, stop: threading.Event, on_step) -> None:
+        ahead = self.lookahead and getattr(source, "in_advance", False)
+        pending = None
         while not stop.is_set():
             frame = source(stop)
             if frame is None:
+                break
+            pending, done = self._feed((frame, self._encode(frame)), pending, self._emit,
+                                       on_step, ahead)
+            if done:
                 return
-            if self._step(frame, self._encode(frame), self._emit, on_step):
-                return
+        if pending is not None:
+            self._collect(pending, self._emit, on_step)
 
     def _run_pipelined(self, source: Source, stop: threading.Event, on_step) -> None:
         codes_q: queue.Queue = queue.Queue(maxsize=self.queue_size)
@@ -423,13 +514,22 @@ class Session:
                                    name="mimi-decode", daemon=True)
         encoder.start()
         decoder.start()
+        pending = None
         try:
             while not self._errors:
+                if pending is not None and codes_q.empty():  # no frame to look ahead to:
+                    done = self._collect(pending, out_q.put, on_step)  # no added latency
+                    pending = None
+                    if done:
+                        break
                 item = _get(codes_q, stop)
                 if item is _END:
                     break
-                if self._step(*item, out_q.put, on_step):
+                pending, done = self._feed(item, pending, out_q.put, on_step, self.lookahead)
+                if done:
                     break
+            if pending is not None and not self._errors:
+                self._collect(pending, out_q.put, on_step)
         finally:
             stop.set()  # the encoder thread stops; the decoder drains what was generated
             out_q.put(_END)

@@ -13,22 +13,28 @@ computed; reading them (`np.array`, `.item()`) waits for them. See `LmGen`.
 
 from __future__ import annotations
 
-import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
 import mlx.core as mx
 
 from .config import GenerationConfig
-from .models.layers import prepare_dense
+from .models.layers import DensePlans
 from .models.lm import UNGENERATED_TOKEN, Lm
 from .sampling import Sampler
 from .scoring import initial_tokens
 
 
+# The sampling options, each defaulting to the model config's `[moshi_mac.generation]`.
+SAMPLING_FIELDS = ("temp", "top_k", "top_p", "temp_text", "top_k_text", "top_p_text", "cfg_coef",
+                   "seed")
+
+
 @dataclass
 class GenOptions:
-    """Sampling options; `None` fields take the model config's defaults."""
+    """Sampling options; `None` fields take the model config's values (the one home of
+    the sampling defaults: `config.GenerationConfig` as each TOML sets it)."""
 
     temp: float | None = None
     top_k: int | None = None
@@ -41,8 +47,8 @@ class GenOptions:
     seed: int | None = None
 
     def resolve(self, gen: GenerationConfig) -> "GenOptions":
-        out = GenOptions(greedy=self.greedy, seed=self.seed)
-        for name in ("temp", "top_k", "top_p", "temp_text", "top_k_text", "top_p_text", "cfg_coef"):
+        out = GenOptions(greedy=self.greedy)
+        for name in SAMPLING_FIELDS:
             v = getattr(self, name)
             setattr(out, name, getattr(gen, name) if v is None else v)
         return out
@@ -63,10 +69,15 @@ class LmGen:
     piece is handed to `mx.async_eval` as soon as it is built, so the device computes one
     while Python builds the next, and nothing waits for the device (unless `check`).
     Sampler keys are graph inputs and outputs. The graphs capture the model's weights when
-    first traced: build a new `LmGen` after changing them."""
+    first traced: build a new `LmGen` after changing them.
+
+    Performance state is explicit: `plans` (a `models.layers.DensePlans`: transposed
+    weight views and the split of large matmuls over CPU streams) belongs to this
+    generator, made here unless given; the model is not modified."""
 
     def __init__(self, model: Lm, batch_size: int = 1, options: GenOptions | None = None,
-                 conditions: dict[str, str] | None = None, check: bool = False):
+                 conditions: dict[str, str] | None = None, check: bool = False,
+                 plans: DensePlans | None = None):
         cfg = model.cfg
         self.model = model
         self.cfg = cfg
@@ -74,10 +85,7 @@ class LmGen:
         self.opts = (options or GenOptions()).resolve(cfg.moshi_mac.generation)
         self.check = check
         # Two independent streams of randomness from one seed (seed s and s + 1 share none).
-        seed = self.opts.seed
-        if seed is None:
-            seed = int.from_bytes(os.urandom(4), "little")
-        text_key, audio_key = mx.random.split(mx.random.key(seed))
+        text_key, audio_key = mx.random.split(mx.random.key(self.opts.seed))
         self.text_sampler = Sampler(self.opts.temp_text, self.opts.top_k_text, self.opts.top_p_text,
                                     not self.opts.greedy, key=text_key)
         self.audio_sampler = Sampler(self.opts.temp, self.opts.top_k, self.opts.top_p,
@@ -109,7 +117,7 @@ class LmGen:
         # The compiled graphs capture these as constants: evaluate them once, here.
         mx.eval(self.initial, self._delays, self._is_user, self._ring_slots,
                 [] if self.condition_sum is None else self.condition_sum)
-        prepare_dense(model)
+        self.plans = DensePlans(model) if plans is None else plans
         self._front_fn = mx.compile(self._front)
         self._slice_fns = [mx.compile(partial(self._slice, k)) for k in range(self.dep_q)]
         self._finish_fn = mx.compile(self._finish)
@@ -172,8 +180,10 @@ class LmGen:
         inp = self._input_column(ring, pos)
         if self.use_cfg:
             inp = mx.concatenate([inp, inp], axis=0)
-        out, text_logits, kv = self.model.step_text(inp, pos, list(kv), slots, self.condition_sum)
-        text, text_key = self.text_sampler.sample(self._mix(text_logits), text_key)
+        out, text_logits, kv = self.model.forward(inp[:, :, None], pos, list(kv), slots,
+                                                  self.condition_sum, self.plans)
+        out = out[:, 0]
+        text, text_key = self.text_sampler.sample(self._mix(text_logits[:, 0]), text_key)
         noise = []
         if self.dep_q:
             n, audio_key = self.audio_sampler.noise(audio_key, (self.dep_q, text.shape[0], self.cfg.card))
@@ -187,11 +197,10 @@ class LmGen:
         noise = None
         if self.audio_sampler.use_sampling:
             noise, rest = rest[0], rest[1:]
-        kv = [(rest[i], rest[i + 1]) for i in range(0, len(rest), 2)] or None
         inp = mx.concatenate([prev, prev]) if self.use_cfg else prev
-        logits, kv = self.model.depformer.slice_step(k, out, inp, kv)
+        logits, kv = self.model.depformer.slice_step(k, out, inp, list(rest) or None, self.plans)
         tok = self.audio_sampler.pick(self._mix(logits), noise)
-        return (tok, *[a for pair in kv for a in pair])
+        return (tok, *kv)
 
     def _finish(self, ring, pos, *tokens):
         """The step's tokens into the ring; the un-delayed output."""
@@ -244,6 +253,40 @@ class LmGen:
         return tokens
 
 
-def input_eos_codes(model: Lm, batch_size: int = 1) -> mx.array:
-    """Hibiki's end-of-input frame: the code `card` on every user codebook."""
-    return mx.full((batch_size, model.cfg.user_codebooks), model.cfg.card, dtype=mx.int32)
+
+class SyncCounter:
+    """How many device syncs MLX's Python API made while `count_syncs` was active."""
+
+    def __init__(self):
+        self.syncs = 0
+
+
+@contextmanager
+def count_syncs():
+    """Count the device syncs made through MLX's Python API (`mx.eval` and an array's
+    `.item()`, `.tolist()` and truth value) inside the block; `mx.async_eval` is not a
+    sync. For checking that a streaming step never waits for the device:
+
+        with count_syncs() as c:
+            gen.step(codes)
+        assert c.syncs == 0
+    """
+    counter = SyncCounter()
+    arr = mx.array
+    saved = {"eval": mx.eval, "item": arr.item, "tolist": arr.tolist, "__bool__": arr.__bool__}
+
+    def counted(fn):
+        def call(*args, **kwargs):
+            counter.syncs += 1
+            return fn(*args, **kwargs)
+        return call
+
+    mx.eval = counted(saved["eval"])
+    for name in ("item", "tolist", "__bool__"):
+        setattr(arr, name, counted(saved[name]))
+    try:
+        yield counter
+    finally:
+        mx.eval = saved["eval"]
+        for name in ("item", "tolist", "__bool__"):
+            setattr(arr, name, saved[name])

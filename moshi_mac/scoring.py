@@ -5,7 +5,8 @@ then the audio codebooks; -1 marks "no token") and returns text and audio logits
 with the codes, plus validity masks, exactly shaped as the reference's `LMOutput`:
 logits [B, dep_q, T, card], mask [B, dep_q, T], text_logits [B, 1, T, text_card],
 text_mask [B, 1, T]. Invalid positions are NaN. It is the core of the parity tests and of
-the self-checks (quantized vs full-precision agreement).
+the self-checks (quantized vs full-precision agreement). It runs the streaming forward path
+(`Lm.forward`, `DepFormer.slice_step`) with all T steps at once on a ring that holds them.
 """
 
 from __future__ import annotations
@@ -61,19 +62,19 @@ def undelay(x: mx.array, delays: list[int]) -> tuple[mx.array, mx.array]:
 
 
 def depformer_logits(model: Lm, transformer_out: mx.array, targets: mx.array) -> mx.array:
-    """All depformer slices for every step at once (teacher forcing).
+    """All depformer slices for every step at once (teacher forcing): every frame is a row
+    of the streaming path (`DepFormer.slice_step`).
 
     transformer_out [B, T, D]; targets [B, 1 + n_q, T] (delayed, aligned with the output
     step). Returns [B, dep_q, T, card].
     """
     B, T, D = transformer_out.shape
     dep = model.depformer
-    flat_out = transformer_out.reshape(B * T, 1, D)
-    caches = dep.make_caches(B * T, dtype=transformer_out.dtype)
-    logits = []
+    flat_out = transformer_out.reshape(B * T, D)
+    kv, logits = None, []
     for k in range(len(dep.slices)):
-        prev = targets[:, k].reshape(B * T, 1)  # text for k = 0, else audio codebook k - 1
-        lk = dep.slice_logits(k, flat_out, prev, caches)  # [B*T, 1, card]
+        prev = targets[:, k].reshape(B * T)  # text for k = 0, else audio codebook k - 1
+        lk, kv = dep.slice_step(k, flat_out, prev, kv, zero_tokens=True)  # [B*T, card]
         logits.append(lk.reshape(B, T, -1))
     return mx.stack(logits, axis=1)
 

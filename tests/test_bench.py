@@ -3,8 +3,8 @@
 - The benchmark runs end to end (`--quick`: tiny Hibiki shape, the three implementations,
   bandwidth, Mimi, file mode) and writes valid JSON, a PNG plot and Markdown tables.
 - Without the checkout's benchmarks/ folder, the command fails with one line.
-- A streaming step makes no device sync, and splitting matmuls over CPU streams changes
-  no token (the split is by output rows: every dot product is the same).
+- The harness's split of a step times it without changing it. (That a step never syncs
+  and that the CPU-stream split changes no token are the engine's: test_generate.py.)
 - The report's aggregation, ratios and bytes-per-step bookkeeping.
 """
 
@@ -19,11 +19,6 @@ import numpy as np
 import pytest
 
 from moshi_mac import cli
-from moshi_mac.config import load_config
-from moshi_mac.generate import GenOptions, LmGen
-from moshi_mac.models import Lm
-from moshi_mac.models.layers import cpu_streams, prepare_dense
-from moshi_mac.random_model import random_lm_tensors, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -74,30 +69,8 @@ def test_bench_without_benchmarks_folder_is_one_line(tmp_path, monkeypatch, caps
 
 
 # ---------------------------------------------------------------------------------------
-# The step: no syncs, and splitting matmuls changes nothing
+# The harness's split of a step
 # ---------------------------------------------------------------------------------------
-
-def _tiny_model(name: str) -> tuple[Lm, dict]:
-    cfg = tiny_config(load_config(ROOT / "configs" / f"{name}.toml"), text_vocab=200)
-    tensors = random_lm_tensors(cfg, seed=0, dtype=mx.float32)
-    model = Lm(cfg)
-    model.load_weights(list(tensors.items()), strict=True)
-    mx.eval(model.parameters())
-    return model, tensors
-
-
-def test_a_streaming_step_never_syncs():
-    model, _ = _tiny_model("hibiki-1b")
-    gen = LmGen(model, options=GenOptions(seed=0))
-    codes = mx.zeros((1, model.cfg.user_codebooks), dtype=mx.int32)
-    for _ in range(3):
-        gen.step(codes)
-    with impls._MlxProbe() as probe:
-        out = gen.step(codes)
-        syncs = probe.syncs
-    assert syncs == 0
-    assert out is not None and probe.nodes > 0  # its pieces were scheduled (async_eval)
-
 
 def test_the_split_times_a_step_without_changing_it():
     """`split` syncs where a step schedules its pieces: the same tokens and state as a
@@ -115,24 +88,6 @@ def test_the_split_times_a_step_without_changing_it():
     assert mx.async_eval is scheduled
     for a, b in zip(plain.gen.state_arrays(), timed.gen.state_arrays(), strict=True):
         assert np.array_equal(np.array(a), np.array(b))
-
-
-@pytest.mark.parametrize("name,greedy", [("moshi-7b", True), ("hibiki-1b", False)])
-def test_matmuls_split_over_cpu_streams_give_the_same_tokens(name, greedy):
-    if len(cpu_streams()) < 2:
-        pytest.skip("one CPU stream: nothing to split")
-    plain, tensors = _tiny_model(name)
-    split = Lm(plain.cfg)
-    split.load_weights(list(tensors.items()), strict=True)
-    mx.eval(split.parameters())
-    assert prepare_dense(plain, split=False) == 0
-    assert prepare_dense(split, min_entries=1, chunk_entries=1 << 10) > 10
-    rng = np.random.default_rng(0)
-    gens = [LmGen(m, batch_size=2, options=GenOptions(greedy=greedy, seed=3)) for m in (plain, split)]
-    for codes in rng.integers(0, plain.cfg.card, size=(24, 2, plain.cfg.user_codebooks)):
-        a, b = (g.step(mx.array(codes)) for g in gens)
-        if a is not None:
-            assert (np.array(a) == np.array(b)).all()
 
 
 # ---------------------------------------------------------------------------------------

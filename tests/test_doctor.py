@@ -18,7 +18,9 @@ from moshi_mac import doctor as D
 from moshi_mac.doctor import base, behaviour, codec_check, numerics, system
 from moshi_mac.codec import FRAME_SIZE
 from moshi_mac.config import load_config
+from moshi_mac.engine import LoadedModel
 from moshi_mac.modeldir import from_dir
+from moshi_mac.tokenizer import load_tokenizer
 from moshi_mac.speech_sample import speech_sample
 from moshi_mac.safetensors_io import save_safetensors_streamed
 from moshi_mac.weights import load_lm
@@ -47,6 +49,9 @@ class IdentityCodec:
 
     def decode(self, codes):
         return np.concatenate([self.decode_step(codes[:, t]) for t in range(codes.shape[1])])
+
+    def reset(self):
+        self.frames = []
 
 
 class QuietCodec(IdentityCodec):
@@ -256,10 +261,11 @@ def test_codec_figures_reference_points():
 # ---------------------------------------------------------------------------------------
 
 def _run(text, audio_level=0.0, lm=0.01, codec=0.01, steps=None):
+    """A run of `steps` steps of `lm` seconds of LM each and `codec` of Mimi."""
     steps = steps or len(text)
     noise = np.random.default_rng(0).standard_normal(steps * FRAME_SIZE)
     audio = (audio_level * noise).astype(np.float32)
-    return behaviour.GenRun(list(text), audio, [lm] * steps, [codec] * steps)
+    return behaviour.GenRun(list(text), audio, steps, lm * steps, (lm + codec) * steps)
 
 
 def test_silence_and_text_checks_on_crafted_runs(make_model):
@@ -314,15 +320,20 @@ def test_generation_checks_pass_on_crafted_model_and_fail_on_random(make_model, 
 
     folder = make_model("hibiki-1b")
     silence = np.zeros(int(SECONDS * 24000), np.float32)
+    files = from_dir(folder)
+    tokenizer = load_tokenizer(files.tokenizer)
     model, cfg = _quiet_pad_model(folder)
-    run = behaviour.run_generation(model, QuietCodec(cfg.user_codebooks), QuietCodec(cfg.dep_q), silence)
-    assert len(run.text) == len(silence) // FRAME_SIZE - max(cfg.delays)
+    quiet = LoadedModel(files, cfg, model, tokenizer)
+    run = behaviour.run_generation(quiet, silence, codec=lambda _path, n: QuietCodec(n))
+    # The engine's session: the first frame fed twice, as the reference's file inference.
+    assert run.steps == len(silence) // FRAME_SIZE + 1
+    assert len(run.text) == run.steps - max(cfg.delays)
     assert set(run.text) == {3}
     assert behaviour.check_text(run, cfg).status == base.PASS
     assert behaviour.check_silence(run, "hibiki").status == base.PASS
     random_model, _ = load_lm(folder / "model.safetensors", cfg)
-    run = behaviour.run_generation(random_model, Mimi(shared_mimi, cfg.user_codebooks),
-                           Mimi(shared_mimi, cfg.dep_q), silence)
+    run = behaviour.run_generation(LoadedModel(files, cfg, random_model, tokenizer), silence,
+                                   codec=lambda _path, n: Mimi(shared_mimi, n))
     assert behaviour.check_text(run, cfg).status == base.FAIL
     assert behaviour.check_silence(run, "hibiki").status == base.FAIL
     assert behaviour.check_speed(run).figures.startswith("LM ")

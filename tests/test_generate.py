@@ -3,7 +3,10 @@
 Exact agreement with the reference's greedy `LMGen` is in test_parity.py; here: seeded
 repeatability, the top-k / top-p support on crafted logits (and the top-p rule against the
 reference's `sample_token`), greedy == argmax, the warm-up of `max_delay` steps, and
-Hibiki's end-of-input codes.
+Hibiki's end-of-input codes; a step never syncs (`count_syncs`) and its CPU-stream split
+(`DensePlans`, held by the generator) changes no token; the session's lookahead changes
+no output; and attention's one forward path on the ring KV cache, streaming against
+teacher forcing through every branch (wrap-around, chunks, masks).
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_map
 
 from moshi_mac.config import load_config
-from moshi_mac.generate import GenOptions, LmGen, input_eos_codes
+from moshi_mac.engine import LmStepper
+from moshi_mac.generate import GenOptions, LmGen, count_syncs
 from moshi_mac.models import Lm
+from moshi_mac.models.layers import DensePlans
 from moshi_mac.random_model import random_lm_tensors, tiny_config
 from moshi_mac.sampling import Sampler
 
@@ -187,10 +193,10 @@ def test_step_returns_none_for_exactly_max_delay_steps(name, max_user_delay):
 def test_input_eos_codes_for_hibiki():
     model = _model("hibiki-1b")
     cfg = model.cfg
-    eos = input_eos_codes(model, batch_size=2)
-    assert eos.shape == (2, cfg.user_codebooks)
-    assert eos.dtype == mx.int32
-    assert (np.array(eos) == cfg.card).all()
+    eos_codes = LmStepper(model, GenOptions(greedy=True)).eos_codes
+    assert eos_codes.shape == (cfg.user_codebooks,)
+    assert (eos_codes == cfg.card).all()
+    eos = mx.array(np.stack([eos_codes, eos_codes]))
     assert cfg.card == cfg.audio_vocab_size - 1  # a valid input embedding row
     # The generator accepts it after ordinary input, as Hibiki's end-of-speech flush does.
     gen = LmGen(model, batch_size=2, options=GenOptions(greedy=True), check=True)
@@ -208,3 +214,148 @@ def test_cfg_needs_a_conditioner_and_user_codes_are_checked():
     gen = LmGen(model, batch_size=1, options=GenOptions(greedy=True))
     with pytest.raises(ValueError, match="user codes"):
         gen.step(mx.zeros((1, model.cfg.user_codebooks - 1), dtype=mx.int32))
+
+
+# ---------------------------------------------------------------------------------------
+# The step: no syncs, explicit performance state
+# ---------------------------------------------------------------------------------------
+
+def test_count_syncs_counts_what_waits_for_the_device():
+    a = mx.arange(4)
+    with count_syncs() as c:
+        b = a + 1
+        mx.async_eval(b)  # scheduling is not a sync
+        assert c.syncs == 0
+        mx.eval(b)
+        b.item() if b.size == 1 else b.tolist()
+        bool((b > 0).all())
+    assert c.syncs == 3
+    assert mx.eval is not None and (b > 0).all().item()  # everything given back
+
+
+def test_a_streaming_step_never_syncs():
+    model = _model("hibiki-1b")
+    gen = LmGen(model, options=GenOptions(seed=0))
+    codes = mx.zeros((1, model.cfg.user_codebooks), dtype=mx.int32)
+    for _ in range(3):
+        gen.step(codes)
+    with count_syncs() as c:
+        out = gen.step(codes)
+    assert c.syncs == 0
+    assert out is not None
+    with count_syncs() as c:  # the checking mode reads a flag: a sync, and it is counted
+        LmGen(model, options=GenOptions(seed=0), check=True).step(codes)
+    assert c.syncs >= 1
+
+
+def _param_ids(model: Lm) -> dict[str, int]:
+    from mlx.utils import tree_flatten
+
+    return {k: id(v) for k, v in tree_flatten(model.parameters())}
+
+
+@pytest.mark.parametrize("name,greedy", [("moshi-7b", True), ("hibiki-1b", False)])
+def test_matmuls_split_over_cpu_streams_give_the_same_tokens(name, greedy):
+    """The split is by output rows (every dot product the same), so no token changes; the
+    plans live in the generator, and building one leaves the model untouched."""
+    model = _model(name)
+    before = (_param_ids(model), {k: set(vars(m)) for k, m in model.named_modules()})
+    plain = DensePlans(model, split=False)
+    split = DensePlans(model, min_entries=1, chunk_entries=1 << 10)
+    assert plain.n_split == 0
+    if len(split.streams) < 2:
+        pytest.skip("one CPU stream: nothing to split")
+    assert split.n_split > 10
+    gens = [LmGen(model, batch_size=2, options=GenOptions(greedy=greedy, seed=3), plans=p)
+            for p in (plain, split)]
+    assert (_param_ids(model), {k: set(vars(m)) for k, m in model.named_modules()}) == before
+    rng = np.random.default_rng(0)
+    for codes in rng.integers(0, model.cfg.card, size=(24, 2, model.cfg.user_codebooks)):
+        a, b = (g.step(mx.array(codes)) for g in gens)
+        if a is not None:
+            assert (np.array(a) == np.array(b)).all()
+
+
+def test_lookahead_gives_the_same_tokens():
+    """`LmStepper.schedule` of step n + 1 before `collect` of step n (the session's
+    lookahead) gives the same outputs as one step at a time, same seed."""
+    from moshi_mac.engine import InFrame
+
+    model = _model("hibiki-1b")
+    codes = _user_codes(model, 14)[:, 0]
+    frames = [InFrame("input", None, i) for i in range(len(codes))]
+
+    plain = LmStepper(model, GenOptions(seed=5))
+    one_by_one = [plain.step(c, f) for c, f in zip(codes, frames)]
+    ahead = LmStepper(model, GenOptions(seed=5))
+    pending, outs = None, []
+    for c, f in zip(codes, frames):
+        scheduled = ahead.schedule(c, f)
+        if pending is not None:
+            outs.append(ahead.collect(pending))
+        pending = scheduled
+    outs.append(ahead.collect(pending))
+    assert len(outs) == len(one_by_one) and ahead.steps == plain.steps == len(codes) + 1
+    for a, b in zip(one_by_one, outs):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.index == b.index and a.text == b.text and (a.audio == b.audio).all()
+
+
+# ---------------------------------------------------------------------------------------
+# Attention: one forward path, every branch of the ring
+# ---------------------------------------------------------------------------------------
+
+def _transformer(context: int):
+    from moshi_mac.models.layers import Transformer
+
+    cfg = copy.deepcopy(_model("moshi-7b").cfg.transformer)
+    cfg.context, cfg.num_layers = context, 2
+    t = Transformer(cfg, 1e-5, rope_traditional=True)
+    t.update(tree_map(lambda a: mx.random.normal(a.shape, key=mx.random.key(1)) * 0.2,
+                      t.parameters()))
+    mx.eval(t.parameters())
+    return t
+
+
+def test_streaming_equals_teacher_forcing_through_the_ring_wrap():
+    """One position at a time on a ring of `context` slots (wrapping twice, with the
+    compiled step's array positions and every read length L) equals all positions at once
+    with the sliding-window mask; T steps at a time on a ring of context + T - 1 slots,
+    across the wrap, too."""
+    context, n = 6, 16
+    t = _transformer(context)
+    d = t.cfg.d_model
+    x = mx.random.normal((2, n, d), key=mx.random.key(2))
+    full, _ = t(x, 0, t.make_ring(2, mx.float32, capacity=n))
+    assert full.shape == (2, n, d)
+    kv, rows = t.make_ring(2, mx.float32), []
+    for p in range(n):
+        L = min(context, p + 1 + p % 3)  # more slots than filled: masked
+        y, kv = t(x[:, p:p + 1], mx.array(p, dtype=mx.int32), kv, mx.arange(L))
+        rows.append(y)
+    assert np.allclose(np.array(mx.concatenate(rows, axis=1)), np.array(full), atol=1e-5)
+    T = 3
+    kv, rows = t.make_ring(2, mx.float32, capacity=context + T - 1), []
+    for p in range(0, n - n % T, T):  # writes at slots 0-2, 3-5, 6-7 + 0, ...: wraps
+        y, kv = t(x[:, p:p + T], p, kv)
+        rows.append(y)
+    m = n - n % T
+    assert np.allclose(np.array(mx.concatenate(rows, axis=1)), np.array(full[:, :m]), atol=1e-5)
+    with pytest.raises(ValueError, match="at once"):  # a chunk that would lose keys
+        t(x[:, :T], context, t.make_ring(2, mx.float32))
+
+
+def test_ring_mask_shortcut_matches_the_computed_mask():
+    """The mask-free case (an int position, every read slot visible) against the computed
+    mask, and the mask's window and unfilled slots."""
+    from moshi_mac.models.layers import ring_mask
+
+    assert ring_mask(2, 1, 8, 3, 8) is None
+    assert np.array(ring_mask(mx.array(2), 1, 8, 3, 8)).all()
+    m = np.array(ring_mask(mx.array(9), 1, 4, 4, 4))  # wrapped: every slot is visible
+    assert m.all()
+    m = np.array(ring_mask(0, 4, 4, 4, 2))  # teacher forcing, window of 2: a band
+    assert (m == np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], bool)).all()
+    m = np.array(ring_mask(mx.array(1), 1, 4, 4, 4))  # slots 2 and 3 not written yet
+    assert (m == np.array([[1, 1, 0, 0]], bool)).all()

@@ -101,6 +101,7 @@ class GenerationConfig:
     top_p: float = 0.0
     top_p_text: float = 0.0
     cfg_coef: float = 1.0
+    seed: int = 4242  # the reference's seed: the same seed gives the same output
     # Conditioner values: name -> label, e.g. {"description": "very_good"}.
     conditions: dict[str, str] = field(default_factory=dict)
     # The labels of the unconditional half of a CFG batch.

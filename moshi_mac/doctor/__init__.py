@@ -46,7 +46,8 @@ Checks, and where each threshold comes from:
   a random-weight Mimi 11.6-14.7 dB, SNR -34 to -40 dB, level +7 dB. Not yet calibrated
   on the real Mimi weights (no download on the build machines): run `doctor` on a Mac
   with a real model to see its figures.
-- silence in: Mimi-encoded silence fed for `--seconds`, the generated audio decoded. RMS
+- silence in: silence fed for `--seconds` through the same `engine.Session` users run
+  (Mimi encode, LM, Mimi decode), the generated audio decoded. RMS
   and peak after the first 2 frames. Hibiki (translation; nothing to translate): RMS <=
   -40 dBFS and peak <= -12 dBFS, i.e. 14 dB under the ITU-T P.56 nominal speech level of
   -26 dBFS, with no clicks. Moshi talks on its own, so for it the check only requires no
@@ -56,8 +57,9 @@ Checks, and where each threshold comes from:
   even when the model talks; random weights give ~2/vocabulary), at most one EOS, no
   ordinary token repeated 5 steps in a row (400 ms of one piece: a stuck sampler), and
   no token making more than half of the ordinary tokens once there are 8 or more.
-- speed: steps/s of the LM alone and of LM + Mimi encode + decode (sequential, the
-  conservative figure), after 3 warm-up steps, against Mimi's 12.5 frames/s. Pass at
+- speed: steps/s of the whole `engine.Session` that `translate` runs (Mimi encode, LM,
+  decode; sequential, the conservative figure), after the session's warm-up, against
+  Mimi's 12.5 frames/s, and the time it waited for the LM. Pass at
   >= 1.1x real time: the frame budget is 80 ms and ~10% goes to audio I/O, resampling
   and scheduling jitter in live mode.
 
@@ -222,9 +224,11 @@ def run_doctor(files, opts: DoctorOptions | None = None,
         model, report.quantization, opts.reference, cfg, codes, opts.why_no_reference))
 
     def generation():
-        enc = opts.codec_factory(files.mimi, cfg.user_codebooks)
-        dec = opts.codec_factory(files.mimi, cfg.dep_q)
-        state["run"] = run_generation(model, enc, dec, np.zeros_like(sample), seed=opts.seed)
+        from ..engine import LoadedModel
+        from ..tokenizer import load_tokenizer
+
+        loaded = LoadedModel(files, cfg, model, load_tokenizer(files.tokenizer))
+        state["run"] = run_generation(loaded, np.zeros_like(sample), opts.seed, opts.codec_factory)
         return check_silence(state["run"], cfg.moshi_mac.model_type)
 
     if cfg.dep_q == 0 or cfg.user_codebooks == 0:

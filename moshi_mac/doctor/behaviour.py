@@ -2,59 +2,46 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..codec import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
-from .base import (CheckResult, EOS_ID, FAIL, SILENCE_LIMITS, SILENCE_SKIP_FRAMES,
-    SPEED_MIN_RTF, TEXT_MAX_EOS, TEXT_MAX_RUN, TEXT_MAX_SHARE, TEXT_MIN_PAD,
-    TEXT_SHARE_MIN_TOKENS, WARMUP_STEPS, _db, _result)
+from ..tokenizer import EOS_ID
+from .base import (CheckResult, FAIL, SILENCE_LIMITS, SILENCE_SKIP_FRAMES, SPEED_MIN_RTF,
+    TEXT_MAX_EOS, TEXT_MAX_RUN, TEXT_MAX_SHARE, TEXT_MIN_PAD, TEXT_SHARE_MIN_TOKENS, _db, _result)
 
 
 # ---------------------------------------------------------------------------------------
-# Behaviour and speed: one generation run
+# Behaviour and speed: one generation run, through the engine users run
 # ---------------------------------------------------------------------------------------
 
 @dataclass
 class GenRun:
-    """What a generation run produced, with per-step timings in seconds."""
+    """What a generation run produced: every output text token, the decoded audio, and
+    the step count with the seconds the session spent waiting for the LM and in all."""
 
     text: list[int]
     audio: np.ndarray
-    lm_seconds: list[float] = field(default_factory=list)
-    codec_seconds: list[float] = field(default_factory=list)
+    steps: int
+    lm_s: float
+    wall_s: float
 
 
-def run_generation(model, encoder, decoder, pcm: np.ndarray, seed: int = 0) -> GenRun:
-    """Feed `pcm` frame by frame: encode, one LM step, decode what it emitted."""
-    import mlx.core as mx
+def run_generation(model, pcm: np.ndarray, seed: int | None = None, codec=None) -> GenRun:
+    """Feed `pcm` through an `engine.Session` of `model` (an `engine.LoadedModel`), as
+    `translate` does, sequentially (the conservative speed figure: Mimi and the LM share
+    one thread), after the session's warm-up. `codec(path, num_codebooks)` makes the
+    Mimi instances (default: rustymimi); `seed`: default, the model config's."""
+    from ..engine import FileSource, Session
+    from ..generate import GenOptions
 
-    from ..generate import GenOptions, LmGen
-
-    gen = LmGen(model, options=GenOptions(seed=seed))
-    frames = len(pcm) // FRAME_SIZE
-    run = GenRun([], np.zeros(0, np.float32))
-    chunks = []
-    for i in range(frames):
-        t0 = time.perf_counter()
-        codes = encoder.encode_step(pcm[i * FRAME_SIZE:(i + 1) * FRAME_SIZE])
-        t1 = time.perf_counter()
-        tokens = gen.step(mx.array(codes[None, :model.cfg.user_codebooks]))
-        if tokens is not None:
-            mx.eval(tokens)
-        t2 = time.perf_counter()
-        if tokens is not None:
-            tokens = np.array(tokens)[0]
-            run.text.append(int(tokens[0]))
-            if len(tokens) > 1:
-                chunks.append(decoder.decode_step(tokens[1:]))
-        t3 = time.perf_counter()
-        run.lm_seconds.append(t2 - t1)
-        run.codec_seconds.append((t1 - t0) + (t3 - t2))
-    run.audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return run
+    session = Session(model, GenOptions(seed=seed), codec=codec)
+    text: list[int] = []
+    session.listeners.append(lambda _pcm, out, _added: text.append(out.text))
+    session.warm_up()
+    result = session.run(FileSource(pcm, flush=False), pipelined=False)
+    return GenRun(text, result.pcm, result.steps, session.times.seconds["lm"], result.wall_s)
 
 
 def check_silence(run: GenRun, model_type: str) -> CheckResult:
@@ -100,12 +87,10 @@ def check_text(run: GenRun, cfg) -> CheckResult:
 
 def check_speed(run: GenRun) -> CheckResult:
     threshold = f">= {SPEED_MIN_RTF:g}x real time ({FRAME_RATE:g} steps/s) with Mimi"
-    lm = run.lm_seconds[WARMUP_STEPS:]
-    codec = run.codec_seconds[WARMUP_STEPS:]
-    if not lm:
+    if run.steps == 0 or run.wall_s <= 0:
         return CheckResult("speed", FAIL, "too few steps to time (run longer)", threshold)
-    lm_rate = len(lm) / sum(lm)
-    rate = len(lm) / (sum(lm) + sum(codec))
+    lm_rate = run.steps / max(run.lm_s, 1e-9)
+    rate = run.steps / run.wall_s
     rtf = rate / FRAME_RATE
     if rtf >= SPEED_MIN_RTF:
         verdict = f"live: OK ({100 * (rtf - 1):.0f}% headroom)"
@@ -113,6 +98,6 @@ def check_speed(run: GenRun) -> CheckResult:
         verdict = "live: marginal, expect stutter under load; try q8/q4 or close other apps"
     else:
         verdict = "live: too slow; use `translate` on files, or a q8/q4 model"
-    figures = (f"LM {lm_rate:.1f} steps/s, with Mimi {rate:.1f} steps/s = {rtf:.2f}x real time "
-               f"over {len(lm)} steps; {verdict}")
+    figures = (f"LM {lm_rate:.1f} steps/s (time waited for it), with Mimi {rate:.1f} steps/s = "
+               f"{rtf:.2f}x real time over {run.steps} steps; {verdict}")
     return _result("speed", rtf >= SPEED_MIN_RTF, figures, threshold)

@@ -1,12 +1,19 @@
 """Transformer building blocks in MLX, faithful to the official PyTorch `moshi` modules.
 
 Owns: norms, RoPE (interleaved and concat layouts) and sinusoidal embeddings, the ring
-KV cache (sliding window of `context` steps, like `moshi.modules.transformer.RingKVCache`),
-attention with GQA and causal masking, gated and plain MLPs, layer scale, and the
-`Transformer` stack. Parameter names follow the official MLX checkpoints.
+KV cache (plain arrays; a sliding window of `context` steps, like
+`moshi.modules.transformer.RingKVCache`), attention with GQA and causal masking (one
+forward path for teacher forcing and streaming), gated and plain MLPs, layer scale, the
+`Transformer` stack, and `DensePlans`, the performance state of a generator (transposed
+weight views, large matmuls split over CPU streams). Parameter names follow the official
+MLX checkpoints. Every layer takes its linear layers' caller `mm` as an argument
+(`plain_linear` or a `DensePlans`), so the model itself holds no performance state.
 """
 
 from __future__ import annotations
+
+import os
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -43,6 +50,14 @@ def sin_embedding(positions: mx.array, dim: int, max_period: float) -> mx.array:
     adim = mx.arange(half, dtype=mx.float32)
     phase = positions.astype(mx.float32)[:, None] / (max_period ** (adim / (half - 1)))
     return mx.concatenate([mx.cos(phase), mx.sin(phase)], axis=-1)
+
+
+Linear = Callable[[nn.Module, mx.array], mx.array]
+
+
+def plain_linear(lin: nn.Module, x: mx.array) -> mx.array:
+    """`lin(x)`: how the layers call a linear layer unless given a `DensePlans`."""
+    return lin(x)
 
 
 class _Dense:
@@ -85,18 +100,6 @@ class _Dense:
         return y if self.bias is None else y + self.bias
 
 
-def dense(lin: nn.Module, x: mx.array) -> mx.array:
-    """`lin(x)` for an nn.Linear or nn.QuantizedLinear, through the plan `prepare_dense`
-    made for it if it still holds the same weight."""
-    plan = lin.__dict__.get("_dense")
-    if plan is None:
-        return lin(x)
-    if plan.weight is not lin.weight:  # new weights: drop the views that pin the old ones
-        del lin.__dict__["_dense"]
-        return lin(x)
-    return plan(x)
-
-
 # Matrices with at least this many entries are split over the CPU streams (smaller ones
 # lose more to the cross-stream sync than they gain), in blocks of at most CHUNK_ENTRIES:
 # MLX's CPU matmul converts a 16-bit weight to a float32 temporary, and blocks bound it
@@ -106,50 +109,47 @@ CHUNK_ENTRIES = 1 << 24
 
 
 def cpu_streams() -> list:
-    """One CPU stream per core (at most 8) when MLX computes on the CPU, else [None]."""
-    global _STREAMS
+    """New CPU streams, one per core (at most 8), the default one first, when MLX computes
+    on the CPU; else [None] (the default stream of the default device)."""
     if mx.default_device() != mx.cpu:
         return [None]
-    if _STREAMS is None:
-        import os
-
-        n = max(1, min(8, os.cpu_count() or 1))
-        _STREAMS = [mx.default_stream(mx.cpu)] + [mx.new_stream(mx.cpu) for _ in range(n - 1)]
-    return _STREAMS
+    n = max(1, min(8, os.cpu_count() or 1))
+    return [mx.default_stream(mx.cpu)] + [mx.new_stream(mx.cpu) for _ in range(n - 1)]
 
 
-_STREAMS: list | None = None
+class DensePlans:
+    """The performance state of one generator (`generate.LmGen` holds one): the CPU
+    streams and a `_Dense` plan for every linear layer of `model`, kept here, not on the
+    model, which is left untouched. Called as `plans(lin, x)` where the layers take a
+    `Linear`: the plan's matmul while `lin` still holds the weight the plan was made
+    from, else `lin(x)`.
 
+    `split`: spread matrices of at least `min_entries` entries over the CPU streams in
+    blocks of at most `chunk_entries` (default: on the CPU backend with several cores);
+    `n_split` says how many layers are split. Costs no weight memory (views only)."""
 
-def prepare_dense(model: nn.Module, split: bool | None = None, *,
-                  min_entries: int = SPLIT_MIN_ENTRIES, chunk_entries: int = CHUNK_ENTRIES) -> int:
-    """Give every linear layer of `model` its `_Dense` plan (see there); `split`: spread
-    matrices of at least `min_entries` over the CPU streams in blocks of at most
-    `chunk_entries` (default: on the CPU backend with several cores). Returns how many
-    layers are split. A layer keeps the plan it has while its weight is the same (the
-    first call decides); costs no weight memory."""
-    streams = cpu_streams()
-    if split is False:
-        streams = streams[:1]
-    n_split = 0
-    for _, m in model.named_modules():
-        if not isinstance(m, (nn.Linear, nn.QuantizedLinear)):
-            continue
-        plan = m.__dict__.get("_dense")
-        if plan is not None and plan.weight is m.weight:
-            n_split += plan.streams > 1
-            continue
-        rows, cols = m.weight.shape
-        if "scales" in m:
-            cols = cols * 32 // m.bits
-        chunks = 1
-        if rows * cols >= min_entries and len(streams) > 1:
-            per_stream = -(-rows * cols // (len(streams) * chunk_entries))
-            chunks = min(rows, len(streams) * per_stream)
-        plan = _Dense(m, streams, chunks)
-        object.__setattr__(m, "_dense", plan)
-        n_split += plan.streams > 1
-    return n_split
+    def __init__(self, model: nn.Module, split: bool | None = None, *,
+                 min_entries: int = SPLIT_MIN_ENTRIES, chunk_entries: int = CHUNK_ENTRIES):
+        self.streams = cpu_streams() if split is not False else [None]
+        self._plans: dict[int, _Dense] = {}
+        for _, m in model.named_modules():
+            if not isinstance(m, (nn.Linear, nn.QuantizedLinear)):
+                continue
+            rows, cols = m.weight.shape
+            if "scales" in m:
+                cols = cols * 32 // m.bits
+            chunks = 1
+            if rows * cols >= min_entries and len(self.streams) > 1:
+                per_stream = -(-rows * cols // (len(self.streams) * chunk_entries))
+                chunks = min(rows, len(self.streams) * per_stream)
+            self._plans[id(m)] = _Dense(m, self.streams, chunks)
+        self.n_split = sum(p.streams > 1 for p in self._plans.values())
+
+    def __call__(self, lin: nn.Module, x: mx.array) -> mx.array:
+        plan = self._plans.get(id(lin))
+        if plan is None or plan.weight is not lin.weight:  # not planned, or new weights
+            return lin(x)
+        return plan(x)
 
 
 class LayerScale(nn.Module):
@@ -161,80 +161,46 @@ class LayerScale(nn.Module):
         return x * self.scale
 
 
-class KVCache:
-    """Ring KV cache holding the last `capacity` steps, as the reference's RingKVCache.
+# ---------------------------------------------------------------------------------------
+# The ring KV cache: plain arrays [B, kv_heads, C, head_dim], slot = position % C
+# ---------------------------------------------------------------------------------------
 
-    Keys are stored after RoPE, so attention is position-correct whatever the slot order.
-    `offset` is the number of steps written so far (the position of the next one).
-    """
+def ring_mask(pos, T: int, capacity: int, L: int, window: int) -> mx.array | None:
+    """Which of the first `L` slots of a ring of `capacity` slots each of the `T` queries
+    at positions pos .. pos + T - 1 attends to, once their keys are written: [T, L] bool,
+    or None when every one of the L slots is visible to the query (decided only for a
+    Python int `pos`). Slot s holds the latest position p <= pos + T - 1 with p % C == s
+    (none yet when p < 0); query q sees it when 0 <= q - p < window (the causal sliding
+    window of the reference's RingKVCache)."""
+    if isinstance(pos, int) and T == 1 and pos < min(capacity, window) and L == pos + 1:
+        return None
+    last = pos + T - 1
+    held = last - (last - mx.arange(L)) % capacity
+    diff = (pos + mx.arange(T))[:, None] - held[None, :]
+    return (held >= 0) & (diff >= 0) & (diff < window)
 
-    def __init__(self, batch: int, n_kv_heads: int, head_dim: int, capacity: int, dtype):
-        self.capacity = capacity
-        self.shape = (batch, n_kv_heads, capacity, head_dim)
-        self.dtype = dtype
-        self.keys: mx.array | None = None
-        self.values: mx.array | None = None
-        self.offset = 0
 
-    def reset(self) -> None:
-        self.offset = 0
-
-    def state(self) -> list[mx.array]:
-        return [] if self.keys is None else [self.keys, self.values]
-
-    def update(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array, mx.array | None]:
-        """Write T new steps; return keys, values and a boolean mask [T, S] (or None when
-        every returned key is visible to every query)."""
-        T = k.shape[2]
-        C = self.capacity
-        if self.keys is None:
-            self.keys = mx.zeros(self.shape, dtype=k.dtype)
-            self.values = mx.zeros(self.shape, dtype=v.dtype)
-        start = self.offset
-        end = start + T
-        if T > C:
-            raise ValueError(f"cannot feed {T} steps at once into a KV cache of {C} steps")
-        s = start % C
-        if s + T <= C:
-            self.keys[:, :, s:s + T] = k
-            self.values[:, :, s:s + T] = v
-        else:  # wraps around the ring
-            n = C - s
-            self.keys[:, :, s:] = k[:, :, :n]
-            self.values[:, :, s:] = v[:, :, :n]
-            self.keys[:, :, :T - n] = k[:, :, n:]
-            self.values[:, :, :T - n] = v[:, :, n:]
-        self.offset = end
-        if end <= C:  # not wrapped yet: the first `end` slots hold positions 0..end-1
-            keys, values = self.keys[:, :, :end], self.values[:, :, :end]
-            if T == 1:
-                return keys, values, None
-            pos_k = mx.arange(end)
-        else:
-            keys, values = self.keys, self.values
-            if T == 1:  # every slot holds one of the last C positions: all visible
-                return keys, values, None
-            slots = mx.arange(C)
-            last = end - 1
-            end_slot = last % C
-            delta = slots - end_slot
-            pos_k = mx.where(delta <= 0, last + delta, last + delta - C)
-        pos_q = mx.arange(start, end)
-        diff = pos_q[:, None] - pos_k[None, :]
-        mask = (pos_k[None, :] >= 0) & (diff >= 0) & (diff < C)
-        return keys, values, mask
+def ring_write(ring: mx.array, new: mx.array, pos) -> mx.array:
+    """`ring` [B, H, C, D] with new [B, H, T, D] written at slots (pos + t) % C."""
+    C, T = ring.shape[2], new.shape[2]
+    if T == 1:
+        slot = pos % C
+        slot = slot.reshape(1) if isinstance(slot, mx.array) else mx.array([slot])
+        return mx.slice_update(ring, new, slot, axes=(2,))
+    idx = ((pos + mx.arange(T)) % C)[None, None, :, None]
+    return mx.put_along_axis(ring, mx.broadcast_to(idx, new.shape), new, axis=2)
 
 
 class Attention(nn.Module):
-    """Self-attention with a fused in_proj ([q; k; v]), optional RoPE and GQA."""
+    """Self-attention with a fused in_proj ([q; k; v]), optional RoPE and GQA, on a ring
+    KV cache: the one forward path of teacher-forced scoring (T steps at once on a ring
+    that holds them all) and of streaming (one step on a ring of `context` slots)."""
 
     def __init__(self, cfg: TransformerConfig, rope_traditional: bool):
         super().__init__()
         self.num_heads = cfg.num_heads
         self.num_kv_heads = cfg.num_kv_heads
         self.head_dim = cfg.head_dim
-        self.context = cfg.context
-        self.causal = cfg.causal
         out_dim = cfg.d_model + 2 * self.num_kv_heads * self.head_dim
         self.in_proj = nn.Linear(cfg.d_model, out_dim, bias=cfg.bias_attn)
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias_attn)
@@ -250,70 +216,26 @@ class Attention(nn.Module):
         return tuple(mx.fast.rope(a, self.head_dim, traditional=self.rope_traditional,
                                   base=self.rope_base, scale=1.0, offset=offset) for a in (q, k))
 
-    def __call__(self, x: mx.array, offset: int, cache: KVCache | None) -> mx.array:
+    def __call__(self, x: mx.array, pos, keys: mx.array, values: mx.array, mask, L: int,
+                 mm: Linear = plain_linear) -> tuple[mx.array, mx.array, mx.array]:
+        """x [B, T, d] at positions pos .. pos + T - 1 (`pos` an int or an int32 scalar
+        array); keys, values: the ring [B, Hkv, C, D]; the queries attend to its first
+        `L` slots under `mask` (see `ring_mask`). Returns (out [B, T, d], keys, values)
+        with this step's keys (after RoPE) and values written."""
         B, T, _ = x.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = self.in_proj(x)
-        q = qkv[..., : H * D].reshape(B, T, H, D).transpose(0, 2, 1, 3)
-        kv = qkv[..., H * D:].reshape(B, T, 2, Hkv, D)
-        k = kv[:, :, 0].transpose(0, 2, 1, 3)
-        v = kv[:, :, 1].transpose(0, 2, 1, 3)
-        q, k = self._rope(q, k, offset)
-        if cache is not None:
-            k, v, mask = cache.update(k, v)
+        qkv = mm(self.in_proj, x)
+        if T == 1:  # the same layout, without the transpose op
+            qkv = qkv.reshape(B, H + 2 * Hkv, 1, D)
         else:
-            mask = None
-            if self.causal and T > 1:
-                pos = mx.arange(T)
-                diff = pos[:, None] - pos[None, :]
-                mask = (diff >= 0) & (diff < self.context)
-        if mask is not None and not self.causal:
-            mask = None
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        out = out.transpose(0, 2, 1, 3).reshape(B, T, H * D)
-        return self.out_proj(out)
-
-    # -- streaming steps: one position, activations [B, d] (no Python state: they compile) --
-    def _qkv_step(self, x: mx.array, offset) -> tuple[mx.array, mx.array, mx.array]:
-        """x [B, d] -> q [B, H, 1, D], k, v [B, Hkv, 1, D], RoPE at `offset` (int or array)."""
-        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = dense(self.in_proj, x).reshape(x.shape[0], H + 2 * Hkv, 1, D)
+            qkv = qkv.reshape(B, T, H + 2 * Hkv, D).transpose(0, 2, 1, 3)
         q, k, v = mx.split(qkv, [H, H + Hkv], axis=1)
-        q, k = self._rope(q, k, offset)
-        return q, k, v
-
-    def _attend_step(self, q: mx.array, k: mx.array, v: mx.array, mask) -> mx.array:
+        q, k = self._rope(q, k, pos)
+        keys, values = ring_write(keys, k, pos), ring_write(values, v, pos)
+        k, v = (keys, values) if L == keys.shape[2] else (keys[:, :, :L], values[:, :, :L])
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        return dense(self.out_proj, out.reshape(q.shape[0], -1))
-
-    def step(self, x: mx.array, pos: mx.array, keys: mx.array, values: mx.array,
-             slots: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-        """One streaming step on a preallocated ring.
-
-        x [B, d]; pos: this step's position, an int32 scalar array; keys, values
-        [B, Hkv, C, D]: the ring, slot = position % C; slots: `arange(L)`, the first L <= C
-        slots to attend to, L >= min(pos + 1, C). Unfilled slots are masked, so the output
-        equals `__call__` with a `KVCache` for any L. Returns (out [B, d], keys, values)."""
-        q, k, v = self._qkv_step(x, pos)
-        slot = (pos % keys.shape[2]).reshape(1)
-        keys = mx.slice_update(keys, k, slot, axes=(2,))
-        values = mx.slice_update(values, v, slot, axes=(2,))
-        L = slots.shape[0]
-        if L < keys.shape[2]:
-            k, v = keys[:, :, :L], values[:, :, :L]
-        else:
-            k, v = keys, values
-        return self._attend_step(q, k, v, slots <= pos), keys, values
-
-    def step_append(self, x: mx.array, offset: int,
-                    kv: tuple[mx.array, mx.array] | None) -> tuple[mx.array, tuple[mx.array, mx.array]]:
-        """One step attending to every earlier step of `kv` (the depformer within a frame):
-        x [B, d]; returns (out [B, d], kv with this step appended)."""
-        q, k, v = self._qkv_step(x, offset)
-        if kv is not None:
-            k = mx.concatenate([kv[0], k], axis=2)
-            v = mx.concatenate([kv[1], v], axis=2)
-        return self._attend_step(q, k, v, None), (k, v)
+        out = out.reshape(B, H * D) if T == 1 else out.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+        return mm(self.out_proj, out).reshape(B, T, -1), keys, values
 
 
 class GatedMlp(nn.Module):
@@ -325,9 +247,9 @@ class GatedMlp(nn.Module):
         self.linear_out = nn.Linear(hidden, d_model, bias=bias)
         self.activation = activation
 
-    def __call__(self, x: mx.array) -> mx.array:
-        a, b = mx.split(dense(self.linear_in, x), 2, axis=-1)
-        return dense(self.linear_out, ACTIVATIONS[self.activation](a) * b)
+    def __call__(self, x: mx.array, mm: Linear = plain_linear) -> mx.array:
+        a, b = mx.split(mm(self.linear_in, x), 2, axis=-1)
+        return mm(self.linear_out, ACTIVATIONS[self.activation](a) * b)
 
 
 class TransformerLayer(nn.Module):
@@ -348,37 +270,26 @@ class TransformerLayer(nn.Module):
         else:
             self.layer_scale_1 = self.layer_scale_2 = None
 
-    def _mlp(self, x: mx.array) -> mx.array:
+    def _mlp(self, x: mx.array, mm: Linear) -> mx.array:
         if self.gating is not None:
-            return self.gating(x)
-        return dense(self.linear2, nn.gelu(dense(self.linear1, x)))
+            return self.gating(x, mm)
+        return mm(self.linear2, nn.gelu(mm(self.linear1, x)))
 
-    def _residual(self, x: mx.array, attn_update: mx.array) -> mx.array:
-        """Everything after the attention: layer scale, residuals and the MLP."""
+    def __call__(self, x: mx.array, pos, keys: mx.array, values: mx.array, mask, L: int,
+                 mm: Linear = plain_linear) -> tuple[mx.array, mx.array, mx.array]:
+        """`Attention.__call__` inside the layer: returns (x, keys, values)."""
+        update, keys, values = self.self_attn(self.norm1(x), pos, keys, values, mask, L, mm)
         if self.layer_scale_1 is not None:
-            attn_update = self.layer_scale_1(attn_update)
-        x = x + attn_update
-        update = self._mlp(self.norm2(x))
+            update = self.layer_scale_1(update)
+        x = x + update
+        update = self._mlp(self.norm2(x), mm)
         if self.layer_scale_2 is not None:
             update = self.layer_scale_2(update)
-        return x + update
-
-    def __call__(self, x: mx.array, offset: int, cache: KVCache | None) -> mx.array:
-        return self._residual(x, self.self_attn(self.norm1(x), offset, cache))
-
-    def step(self, x: mx.array, pos: mx.array, keys: mx.array, values: mx.array,
-             slots: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-        """`Attention.step` inside the layer: returns (x, keys, values)."""
-        update, keys, values = self.self_attn.step(self.norm1(x), pos, keys, values, slots)
-        return self._residual(x, update), keys, values
-
-    def step_append(self, x: mx.array, offset: int, kv):
-        update, kv = self.self_attn.step_append(self.norm1(x), offset, kv)
-        return self._residual(x, update), kv
+        return x + update, keys, values
 
 
 class Transformer(nn.Module):
-    """A stack of layers; `offset` is the position of the first input step."""
+    """A stack of layers on ring KV caches (see `Attention`)."""
 
     def __init__(self, cfg: TransformerConfig, norm_eps: float, rope_traditional: bool):
         super().__init__()
@@ -387,39 +298,40 @@ class Transformer(nn.Module):
                        for _ in range(cfg.num_layers)]
 
     def add_positional(self, x: mx.array, offset) -> mx.array:
-        """Sinusoidal positions for x [B, T, C] from `offset`, or for x [B, C] (one step)
-        at `offset`; `offset` is an int or an int32 scalar array."""
+        """Sinusoidal positions for x [B, T, C] from `offset` (an int or an int32 scalar)."""
         if self.cfg.positional_embedding != "Sin":
             return x
-        T = x.shape[1] if x.ndim == 3 else 1
-        emb = sin_embedding(mx.arange(T) + offset, x.shape[-1], self.cfg.max_period)
+        emb = sin_embedding(mx.arange(x.shape[1]) + offset, x.shape[-1], self.cfg.max_period)
         return x + emb.astype(x.dtype)
 
-    def __call__(self, x: mx.array, offset: int = 0,
-                 caches: list[KVCache] | None = None) -> mx.array:
-        x = self.add_positional(x, offset)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, offset, None if caches is None else caches[i])
-        return x
-
-    def step(self, x: mx.array, pos: mx.array, kv: list[mx.array],
-             slots: mx.array) -> tuple[mx.array, list[mx.array]]:
-        """One streaming step (see `Attention.step`) of x [B, d]; kv is [keys_0, values_0,
-        keys_1, ...] as made by `make_ring`. Returns (x, updated kv)."""
+    def __call__(self, x: mx.array, pos, kv: list[mx.array], slots: mx.array | None = None,
+                 mm: Linear = plain_linear) -> tuple[mx.array, list[mx.array]]:
+        """x [B, T, d] at positions pos .. pos + T - 1; kv: the rings [keys_0, values_0,
+        keys_1, ...] of `make_ring`, each of C slots. Attends to the first L slots:
+        L = len(slots) (L >= min(pos + T, C); unfilled slots are masked, so any such L
+        gives the same output), else min(pos + T, C) for an int `pos`, else C. Once the
+        ring has wrapped, T > 1 steps at once must fit in C - context + 1 slots (a slot
+        overwritten by this write may still be seen by an earlier query of the same
+        write). Returns (x, updated kv)."""
+        T, C, window = x.shape[1], kv[0].shape[2], self.cfg.context
+        if slots is not None:
+            L = slots.shape[0]
+        else:
+            L = min(pos + T, C) if isinstance(pos, int) else C
+        if T > 1 and (not isinstance(pos, int) or (pos + T > C and T > C - window + 1)):
+            raise ValueError(f"cannot write {T} steps at once at position {pos} into a ring "
+                             f"of {C} slots with a {window}-step window")
+        mask = ring_mask(pos, T, C, L, window) if self.cfg.causal else None
         x = self.add_positional(x, pos)
         out = []
         for i, layer in enumerate(self.layers):
-            x, k, v = layer.step(x, pos, kv[2 * i], kv[2 * i + 1], slots)
+            x, k, v = layer(x, pos, kv[2 * i], kv[2 * i + 1], mask, L, mm)
             out += [k, v]
         return x, out
 
     def make_ring(self, batch: int, dtype, capacity: int | None = None) -> list[mx.array]:
-        """Zeroed ring KV caches for `step`, allocated once: [keys_0, values_0, ...]."""
+        """Zeroed ring KV caches, allocated once: [keys_0, values_0, ...], each
+        [batch, kv_heads, capacity (default: the context), head_dim]."""
         cap = self.cfg.context if capacity is None else capacity
         shape = (batch, self.cfg.num_kv_heads, cap, self.cfg.head_dim)
         return [mx.zeros(shape, dtype=dtype) for _ in range(2 * len(self.layers))]
-
-    def make_caches(self, batch: int, capacity: int | None = None, dtype=mx.float32) -> list[KVCache]:
-        cap = self.cfg.context if capacity is None else capacity
-        return [KVCache(batch, self.cfg.num_kv_heads, self.cfg.head_dim, cap, dtype)
-                for _ in self.layers]

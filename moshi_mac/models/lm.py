@@ -3,19 +3,19 @@
 Mirrors `moshi.models.lm.LMModel` (PyTorch) with the parameter names of the official MLX
 checkpoints: `text_emb`, `audio_embs.{k}`, `transformer.layers.{l}.*`, `out_norm`,
 `text_linear`, `depformer.slices.{s}.{emb,linear_in,transformer,linear_out}` and
-`condition_provider.conditioners.{name}.*`. Streaming state (KV caches) lives outside the
-modules, in `LmState`, so one model can serve several sessions.
+`condition_provider.conditioners.{name}.*`. The modules hold no state: the KV caches are
+arrays that the caller passes in and gets back (`generate.LmGen` for streaming,
+`scoring.score` for teacher forcing, on the same forward path), so one model can serve
+several sessions.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import LmConfig, LutConditionerConfig
-from .layers import KVCache, Transformer, dense, make_norm, pytorch_norm_eps
+from .layers import Linear, Transformer, make_norm, plain_linear, pytorch_norm_eps
 
 ZERO_TOKEN = -1  # "no input": a zero embedding (LMModel.zero_token_id)
 UNGENERATED_TOKEN = -2  # "to be generated" (LMModel.ungenerated_token_id)
@@ -43,8 +43,8 @@ class ScaledEmbedding(_ZeroTokenEmbedding, nn.Module):
         """The rows of ids >= 0, before any low-rank projection."""
         return self.weight[ids]
 
-    def project(self, y: mx.array) -> mx.array:
-        return y if self.low_rank is None else dense(self.low_rank, y)
+    def project(self, y: mx.array, mm: Linear = plain_linear) -> mx.array:
+        return y if self.low_rank is None else mm(self.low_rank, y)
 
     def to_quantized(self, group_size: int = 64, bits: int = 4, mode: str = "affine"):
         return QuantizedScaledEmbedding.from_embedding(self, group_size, bits, mode)
@@ -56,7 +56,7 @@ class QuantizedScaledEmbedding(_ZeroTokenEmbedding, nn.QuantizedEmbedding):
     def lookup(self, ids: mx.array) -> mx.array:
         return nn.QuantizedEmbedding.__call__(self, ids)
 
-    def project(self, y: mx.array) -> mx.array:
+    def project(self, y: mx.array, mm: Linear = plain_linear) -> mx.array:
         return y
 
     @classmethod
@@ -123,39 +123,27 @@ class DepFormer(nn.Module):
         super().__init__()
         self.slices = [DepFormerSlice(cfg, k) for k in range(cfg.dep_q)]
 
-    def make_caches(self, batch: int, dtype=mx.float32) -> list[KVCache]:
-        t = self.slices[0].transformer
-        return t.make_caches(batch, capacity=len(self.slices), dtype=dtype)
-
-    def slice_logits(self, k: int, transformer_out: mx.array, prev_token: mx.array,
-                     caches: list[KVCache]) -> mx.array:
-        """Logits of codebook k given the temporal output [B, T, D] and the previous token
-        (text for k = 0) [B, T]. `caches` holds slices 0..k-1 of this step."""
-        s = self.slices[k]
-        x = s.linear_in(transformer_out) + s.emb(prev_token)
-        x = s.transformer(x, offset=k, caches=caches)
-        return self._head(s, x)
-
-    @staticmethod
-    def _head(s: DepFormerSlice, x: mx.array) -> mx.array:
+    def _head(self, s: DepFormerSlice, x: mx.array, mm: Linear) -> mx.array:
         if s.out_norm is not None:
             x = s.out_norm(x)
-        return dense(s.linear_out, x)
+        return mm(s.linear_out, x)
 
     def slice_step(self, k: int, transformer_out: mx.array, prev: mx.array,
-                   kv: list | None) -> tuple[mx.array, list]:
-        """One streaming step of slice k: transformer_out [rows, D], the previous token
-        [rows] (text for k = 0; ids >= 0, any integer dtype) and the keys and values of
-        slices 0..k-1 of this frame (None for k = 0) -> (logits [rows, card], kv with
-        slice k's appended). No Python state, so it compiles (see `generate.LmGen`)."""
+                   kv: list[mx.array] | None, mm: Linear = plain_linear,
+                   zero_tokens: bool = False) -> tuple[mx.array, list[mx.array]]:
+        """Slice k for every row: transformer_out [rows, D], the previous token [rows]
+        (text for k = 0; ids >= 0 unless `zero_tokens`, then -1 gives a zero embedding)
+        and the ring KV caches of slices 0..k-1 of this frame (None for k = 0: a ring of
+        dep_q slots is made) -> (logits [rows, card], kv with slice k's written). The one
+        path of streaming (`generate.LmGen`, compiled) and teacher forcing (`scoring`,
+        every frame a row)."""
         s = self.slices[k]
-        kv = kv or [None] * len(s.transformer.layers)
-        x = dense(s.linear_in, transformer_out) + s.emb.project(s.emb.lookup(prev))
-        x = s.transformer.add_positional(x, k)
-        kv = list(kv)
-        for i, layer in enumerate(s.transformer.layers):
-            x, kv[i] = layer.step_append(x, k, kv[i])
-        return self._head(s, x), kv
+        if kv is None:
+            kv = s.transformer.make_ring(prev.shape[0], transformer_out.dtype, len(self.slices))
+        e = s.emb(prev) if zero_tokens else s.emb.project(s.emb.lookup(prev), mm)
+        x = mm(s.linear_in, transformer_out) + e
+        x, kv = s.transformer(x[:, None], k, kv, None, mm)
+        return self._head(s, x[:, 0], mm), kv
 
 
 class Lm(nn.Module):
@@ -175,51 +163,42 @@ class Lm(nn.Module):
                              for _ in range(cfg.extra_heads.num_heads)] if cfg.extra_heads else [])
 
     # -- temporal transformer ------------------------------------------------------------
-    def embed(self, tokens: mx.array, condition_sum: mx.array | None = None) -> mx.array:
-        """tokens [B, 1 + n_q, T] (already delayed) -> summed input embeddings [B, T, d]
-        (or [B, 1 + n_q] -> [B, d], one step)."""
+    def embed(self, tokens: mx.array, condition_sum: mx.array | None = None,
+              mm: Linear = plain_linear) -> mx.array:
+        """tokens [B, 1 + n_q, T] (already delayed; -1: a zero embedding) -> the summed
+        input embeddings [B, T, d]: audio codebooks, then text, then the condition."""
+        B, K, T = tokens.shape
+        ids = mx.split(mx.maximum(tokens, 0), K, axis=1)  # [B, 1, T] each
+        keep = mx.split((tokens != ZERO_TOKEN)[..., None], K, axis=1)  # [B, 1, T, 1] each
+        embs = list(enumerate(self.audio_embs, start=1)) + [(0, self.text_emb)]
         x = None
-        for k, emb in enumerate(self.audio_embs):
-            e = emb(tokens[:, 1 + k])
+        for k, emb in embs:
+            e = emb.project(emb.lookup(ids[k]) * keep[k], mm)
             x = e if x is None else x + e
-        e = self.text_emb(tokens[:, 0])
-        x = e if x is None else x + e
+        x = x.reshape(B, T, -1)
         if condition_sum is not None:
             x = x + condition_sum.astype(x.dtype)
         return x
 
-    def embed_step(self, tokens: mx.array, condition_sum: mx.array | None = None) -> mx.array:
-        """`embed` of one step, in fewer ops: tokens [B, 1 + n_q] -> [B, d] (the same sum,
-        in the same order: audio codebooks, text, condition)."""
-        B, K = tokens.shape
-        ids = mx.split(mx.maximum(tokens, 0), K, axis=1)  # [B, 1] each
-        keep = mx.split((tokens != ZERO_TOKEN)[..., None], K, axis=1)  # [B, 1, 1] each
-        embs = list(enumerate(self.audio_embs, start=1)) + [(0, self.text_emb)]
-        x = None
-        for k, emb in embs:
-            e = emb.project(emb.lookup(ids[k]) * keep[k])
-            x = e if x is None else x + e
-        if condition_sum is not None:
-            x = x + condition_sum.astype(x.dtype)
-        return x.reshape(B, -1)
-
-    def forward_text(self, tokens: mx.array, offset: int = 0, caches: list[KVCache] | None = None,
-                     condition_sum: mx.array | None = None) -> tuple[mx.array, mx.array]:
-        """Returns (transformer_out [B, T, d] after out_norm, text_logits [B, T, V])."""
-        x = self.transformer(self.embed(tokens, condition_sum), offset=offset, caches=caches)
+    def forward(self, tokens: mx.array, pos, kv: list[mx.array], slots: mx.array | None = None,
+                condition_sum: mx.array | None = None,
+                mm: Linear = plain_linear) -> tuple[mx.array, mx.array, list[mx.array]]:
+        """The temporal transformer on tokens [B, 1 + n_q, T] at positions pos .. pos + T - 1
+        with ring KV caches `kv` (see `Transformer.__call__`) -> (transformer_out [B, T, d]
+        after out_norm, text_logits [B, T, V], kv). Teacher forcing and streaming (T = 1)
+        both come here."""
+        x, kv = self.transformer(self.embed(tokens, condition_sum, mm), pos, kv, slots, mm)
         x = self.out_norm(x)
-        return x, self.text_linear(x)
+        return x, mm(self.text_linear, x), kv
 
-    def step_text(self, tokens: mx.array, pos: mx.array, kv: list[mx.array], slots: mx.array,
-                  condition_sum: mx.array | None = None) -> tuple[mx.array, mx.array, list[mx.array]]:
-        """`forward_text` for one streaming step on ring KV caches (`Transformer.step`):
-        tokens [B, 1 + n_q] -> (transformer_out [B, d], text_logits [B, V], kv)."""
-        x, kv = self.transformer.step(self.embed_step(tokens, condition_sum), pos, kv, slots)
-        x = self.out_norm(x)
-        return x, dense(self.text_linear, x), kv
-
-    def make_caches(self, batch: int, dtype=None) -> list[KVCache]:
-        return self.transformer.make_caches(batch, dtype=dtype or self.dtype)
+    def forward_text(self, tokens: mx.array, condition_sum: mx.array | None = None
+                     ) -> tuple[mx.array, mx.array]:
+        """`forward` teacher-forced from position 0 on a ring that holds all T steps:
+        tokens [B, 1 + n_q, T] -> (transformer_out [B, T, d], text_logits [B, T, V])."""
+        B, _, T = tokens.shape
+        ring = self.transformer.make_ring(B, self.dtype, capacity=T)
+        out, logits, _ = self.forward(tokens, 0, ring, condition_sum=condition_sum)
+        return out, logits
 
     @property
     def dtype(self):
@@ -230,10 +209,3 @@ class Lm(nn.Module):
             return None
         return self.condition_provider.sum_condition(batch)
 
-
-@dataclass
-class LmState:
-    """Streaming state of one generation session (see `generate.LmGen`)."""
-
-    caches: list[KVCache]
-    offset: int = 0
