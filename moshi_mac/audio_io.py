@@ -17,9 +17,9 @@ from typing import Iterator
 
 import numpy as np
 
+from .codec import SAMPLE_RATE  # noqa: F401  (Mimi's rate; its home is codec.py)
 from .errors import MoshiMacError
 
-SAMPLE_RATE = 24000  # Mimi's rate
 _FORMATS = "WAV, FLAC, MP3 or OGG"
 
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import MoshiMacError
+from .quant import QUANT_PRESETS
 
 console = Console()
 err_console = Console(stderr=True)
@@ -115,34 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, help="a config file, or a name from configs/")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--tiny", action="store_true", help="shrink the LM (not Mimi) for fast tests")
-    s.add_argument("--quantize", choices=["q8", "q4"])
+    s.add_argument("--quantize", choices=list(QUANT_PRESETS))
     s.add_argument("--layout", choices=["mlx", "pytorch"], default="mlx")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="replace --out if it exists")
     s.add_argument("--mimi", type=Path, help="use this Mimi checkpoint instead of a random one")
     s.set_defaults(func=cmd_make_random)
 
-    for name in COMMAND_MODULES:
-        module = _command_module(name)
-        if module is not None:
-            module.register(sub)
+    from . import bench, convert, doctor, live, translate
+
+    # Modules that add their own subcommands with `register(subparsers)`; each handler is
+    # `main(args) -> int`. Heavy imports stay inside the handlers so `--help` is fast.
+    for module in (translate, live, doctor, convert, bench):
+        module.register(sub)
     return p
-
-
-# Modules that add their own subcommands with `register(subparsers)`; each handler is
-# `main(args) -> int`. Heavy imports stay inside the handlers so `--help` is fast.
-COMMAND_MODULES = ["translate", "live", "doctor", "convert", "bench"]
-
-
-def _command_module(name: str):
-    import importlib
-
-    try:
-        return importlib.import_module(f"moshi_mac.{name}")
-    except ModuleNotFoundError as e:
-        if e.name == f"moshi_mac.{name}":  # not written yet in this checkout
-            return None
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MoshiMacError
+from .quant import QUANT_PRESETS
 
 
 
@@ -92,7 +93,7 @@ def convert(src: str | Path, out: str | Path, quantize: str | None = None, *, fo
     from .models.lm import Lm
     from .random_model import LM_FILE
     from .safetensors_io import save_safetensors_streamed
-    from .weights import QUANT_PRESETS, quantization_plan, read_header
+    from .weights import quantization_plan, read_header
 
     if quantize is not None and quantize not in QUANT_PRESETS:
         raise MoshiMacError(f"--quantize must be one of {', '.join(QUANT_PRESETS)}, got {quantize!r}")
@@ -191,7 +192,7 @@ def register(subparsers) -> None:
     p.add_argument("src", help="a registry name (see `moshi-mac models`) or a model folder "
                                "(config.json or config.toml, weights, Mimi, tokenizer)")
     p.add_argument("-o", "--output", type=Path, required=True, help="the folder to write")
-    p.add_argument("--quantize", choices=["q8", "q4"], help="quantize while converting")
+    p.add_argument("--quantize", choices=list(QUANT_PRESETS), help="quantize while converting")
     p.add_argument("--config", help="use this config (a file, or a name from configs/) "
                                     "instead of the source's")
     p.add_argument("--force", action="store_true", help="replace the output folder")

@@ -97,7 +97,7 @@ def make_random_model(config: LmConfig, out: str | Path, *, tiny: bool = False,
     if layout not in ("mlx", "pytorch"):
         raise MoshiMacError(f"--layout must be mlx or pytorch, got {layout!r}")
     if quantize is not None and quantize not in QUANT_PRESETS:
-        raise MoshiMacError(f"--quantize must be q8 or q4, got {quantize!r}")
+        raise MoshiMacError(f"--quantize must be one of {', '.join(QUANT_PRESETS)}, got {quantize!r}")
     if quantize and layout == "pytorch":
         raise MoshiMacError("official PyTorch checkpoints are bf16: use --layout mlx with --quantize")
     out = Path(out)

@@ -2,28 +2,25 @@
 
 Mirrors `moshi.utils.sampling.sample_token`: softmax(logits / temp), then top-p if
 top_p > 0, else top-k if top_k > 0, else the full distribution; greedy when sampling is
-off or temp <= 0. Keys are split per call so a seed makes a run repeatable. Draws use the
+off or temp <= 0. Keys are split per call so a seed makes a run repeatable (a generator's
+seed and temperatures come from the model config: see `generate.GenOptions`). Draws use the
 Gumbel-max trick (argmax of logits / temp + Gumbel noise): few ops, and the noise of many
 draws can be made at once (`noise` then `pick`), which a compiled step uses.
 """
 
 from __future__ import annotations
 
-import os
-
 import mlx.core as mx
 
 
 class Sampler:
     def __init__(self, temp: float = 1.0, top_k: int = 0, top_p: float = 0.0,
-                 use_sampling: bool = True, seed: int | None = None, key: mx.array | None = None):
+                 use_sampling: bool = True, seed: int = 0, key: mx.array | None = None):
         self.temp = temp
         self.top_k = top_k
         self.top_p = top_p
         self.use_sampling = use_sampling and temp > 0
-        if key is None:
-            key = mx.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
-        self.key = key
+        self.key = mx.random.key(seed) if key is None else key
 
     def __call__(self, logits: mx.array) -> mx.array:
         """logits [..., V] -> tokens [...] (int32)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 24000
+from .codec import SAMPLE_RATE
 ACTIVE_LEVEL_DBFS = -26.0  # ITU-T P.56 nominal active speech level
 
 # F1..F4 (Hz), Hillenbrand et al. 1995, adult male averages (F4 fixed).

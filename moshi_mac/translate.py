@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .engine import FRAME_S
 from .errors import MoshiMacError
+from .transcript import FORMATS
 
 DEFAULT_MAX_TAIL_S = 15.0
 
@@ -36,7 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--out", type=Path,
                    help="output folder, or (one input) the output .wav; default: beside each input")
     add_model_args(p)
-    p.add_argument("--subtitles", choices=["srt", "vtt"], default="srt", help="default: srt")
+    p.add_argument("--subtitles", choices=FORMATS, default=FORMATS[0], help=f"default: {FORMATS[0]}")
     p.add_argument("--stereo", action="store_true",
                    help="also write a stereo wav: input left, output right")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")

@@ -23,6 +23,7 @@ from mlx.utils import tree_flatten
 from .config import LmConfig
 from .errors import WeightsMismatchError
 from .models.lm import Lm
+from .quant import QUANT_PRESETS  # noqa: F401  (the presets' home is quant.py)
 from .safetensors_io import TensorInfo
 from .safetensors_io import read_header as _read_header
 
@@ -512,9 +513,6 @@ def quantize_model(model: Lm, bits: int, group_size: int) -> Quantization:
     quant = quantization_plan(model, bits, group_size)
     apply_quantization(model, quant)
     return quant
-
-
-QUANT_PRESETS = {"q8": (8, 64), "q4": (4, 32)}
 
 
 def quantize_tensors(tensors: dict[str, mx.array], quant: Quantization) -> dict[str, mx.array]:

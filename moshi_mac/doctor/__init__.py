@@ -167,7 +167,7 @@ class DoctorOptions:
     audio: bool = True
     reference: Path | None = None
     why_no_reference: str = "no bf16 weights present"
-    seed: int = 0
+    seed: int | None = None  # None: the model config's sampling seed
     codec_factory: Callable = default_codec
 
 
@@ -200,14 +200,15 @@ def run_doctor(files, opts: DoctorOptions | None = None,
             results.append(CheckResult(name, SKIP, "skipped: the config did not load"))
         return results
 
-    sample = speech_sample(opts.seconds, seed=opts.seed)
+    seed = cfg.moshi_mac.generation.seed if opts.seed is None else opts.seed
+    sample = speech_sample(opts.seconds, seed=seed)
 
     def codec():
         res, state["codes"] = check_codec(opts.codec_factory(files.mimi, cfg.mimi_codebooks), sample)
         return res
 
     timer.run("codec round trip", codec)
-    codes = probe_codes(cfg, state.get("codes"), seed=opts.seed)
+    codes = probe_codes(cfg, state.get("codes"), seed=seed)
     lm_names = ("weights finite", "quantized vs bf16", "silence in", "text stream", "speed")
     if report is None:
         for name in lm_names:
@@ -228,7 +229,7 @@ def run_doctor(files, opts: DoctorOptions | None = None,
         from ..tokenizer import load_tokenizer
 
         loaded = LoadedModel(files, cfg, model, load_tokenizer(files.tokenizer))
-        state["run"] = run_generation(loaded, np.zeros_like(sample), opts.seed, opts.codec_factory)
+        state["run"] = run_generation(loaded, np.zeros_like(sample), seed, opts.codec_factory)
         return check_silence(state["run"], cfg.moshi_mac.model_type)
 
     if cfg.dep_q == 0 or cfg.user_codebooks == 0:
@@ -367,7 +368,8 @@ def register(subparsers) -> None:
                    help="skip the PortAudio check (headless machines, CI)")
     p.add_argument("--strict", action="store_true", help="count skipped checks as failures")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="seed of the generation run and the probe "
+                                            "codes (default: the model config's sampling seed)")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
     p.set_defaults(func=main)
 
