@@ -370,9 +370,10 @@ class Session:
     `lookahead` (default on): schedule the LM step of frame n + 1 before reading the
     tokens of frame n, so the device computes step n + 1 while Python reads, decodes and
     hands out step n (mlx-lm's `generate_step` does the same). Outputs are identical.
-    It only waits for a frame that is already there: in pipelined mode one already
-    encoded, in sequential mode a source with `in_advance` (a file), so live input
-    gets no added latency. `codec(path, num_codebooks)` makes the Mimi instances
+    Only for a source whose frames are all there in advance (`in_advance`: a file), and
+    in pipelined mode only when the next frame is already encoded: an output is handed
+    out one step later, so live input (a microphone) gets no lookahead and no added
+    latency. `codec(path, num_codebooks)` makes the Mimi instances
     (default: `codec.Mimi`, rustymimi)."""
 
     def __init__(self, model: LoadedModel, options=None, *, stop_on_eos: bool = False,
@@ -490,8 +491,11 @@ class Session:
                              interrupted=interrupted, pipelined=pipelined,
                              stage_ms=self.times.ms_per_call())
 
+    def _ahead(self, source: Source) -> bool:
+        return self.lookahead and getattr(source, "in_advance", False)
+
     def _run_sequential(self, source: Source, stop: threading.Event, on_step) -> None:
-        ahead = self.lookahead and getattr(source, "in_advance", False)
+        ahead = self._ahead(source)
         pending = None
         while not stop.is_set():
             frame = source(stop)
@@ -514,7 +518,7 @@ class Session:
                                    name="mimi-decode", daemon=True)
         encoder.start()
         decoder.start()
-        pending = None
+        ahead, pending = self._ahead(source), None
         try:
             while not self._errors:
                 if pending is not None and codes_q.empty():  # no frame to look ahead to:
@@ -525,7 +529,7 @@ class Session:
                 item = _get(codes_q, stop)
                 if item is _END:
                     break
-                pending, done = self._feed(item, pending, out_q.put, on_step, self.lookahead)
+                pending, done = self._feed(item, pending, out_q.put, on_step, ahead)
                 if done:
                     break
             if pending is not None and not self._errors:

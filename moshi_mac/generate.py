@@ -8,7 +8,8 @@ and every depformer slice. Text and audio have separate seeded samplers.
 
 Nothing here forces a device sync: a step is a few compiled graphs, each scheduled with
 `mx.async_eval` as soon as it is built, and tokens come back as `mx.array`s that are being
-computed; reading them (`np.array`, `.item()`) waits for them. See `LmGen`.
+computed; reading them (`np.array`, `.item()`) waits for them. See `LmGen`; `count_syncs`
+checks it.
 """
 
 from __future__ import annotations
@@ -251,7 +252,6 @@ class LmGen:
         if self.offset <= self.max_delay:
             return None
         return tokens
-
 
 
 class SyncCounter:

@@ -234,7 +234,7 @@ def test_hibiki_feeding_and_eos_flush(make_model, pipelined):
     assert all(v != cfg.card for row in fake.fed[6:] for v in row)  # then real codes (silence)
     assert result.eos_reached and result.early_eos == 1 and not result.interrupted
     # steps: 5 (input, first twice) + 1 EOS frame + 2 silence; outputs = steps - delay
-    assert result.steps == len(fake.fed) == 8
+    assert result.steps == 8 and len(fake.fed) in (8, 9)  # the lookahead's extra step is dropped
     assert result.outputs == 8 - max(cfg.delays) == result.pcm.size // 1920
 
 
