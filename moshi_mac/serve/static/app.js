@@ -81,13 +81,7 @@ function onMessage(event) {
   const payload = data.subarray(1);
   if (kind === KIND.handshake) {
     page.handshake = true;
-    if (page.hibiki) {
-      setState("streaming", "Translating… speak, then press Stop to hear the end of the translation.");
-      conv.pendingNote = () => pendingSpan("translating…");
-      $("text").append(conv.pendingNote());
-    } else {
-      setState("streaming", "Listening: talk to the model.");
-    }
+    setState("streaming", "Listening: talk to the model.");
   } else if (kind === KIND.pcm16) {
     const n = payload.length >> 1;
     const view = new DataView(payload.buffer, payload.byteOffset, n * 2);
@@ -103,6 +97,11 @@ function onMessage(event) {
       page.hibiki = meta.hibiki;
       $("model").textContent = `${meta.model} · ${meta.hibiki ? "translation" : "conversation"}`;
       $("text-title").textContent = meta.hibiki ? "Translation" : "Text";
+      if (meta.hibiki) {
+        setState("streaming", "Translating… speak, then press Stop to hear the end of the translation.");
+        conv.pendingNote = () => pendingSpan("translating…");
+        $("text").append(conv.pendingNote());
+      }
       conv.playback.port.postMessage({ settings: {
         target: Math.round(RATE * meta.jitter_ms / 1000),
         maxFill: Math.round(RATE * meta.max_buffer_ms / 1000) } });
