@@ -359,6 +359,24 @@ def test_pcm_extension_for_our_page(server, speech):
     assert stats[-1]["frames_out"] > 0
 
 
+def test_oversized_message_closes_the_connection(server):
+    import aiohttp
+
+    from moshi_mac.serve.server import MAX_MESSAGE_BYTES
+
+    async def go():
+        async with aiohttp.ClientSession() as http_:
+            c = await KyutaiClient.connect_when_free(http_, server.ws_url)
+            await c.ws.send_bytes(b"\x01" + bytes(MAX_MESSAGE_BYTES))
+            while True:
+                msg = await asyncio.wait_for(c.ws.receive(), TIMEOUT_S)
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    return msg, c.ws.close_code
+
+    msg, code = run(go())
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and code == 1009
+
+
 def test_origin_is_checked(server):
     import aiohttp
 
