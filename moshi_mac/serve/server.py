@@ -69,6 +69,13 @@ class ChatServer:
         self.query_log = OnceLog()  # unsupported query parameters: once per server
         self.sessions = 0
         self.engine_thread = config.engine
+        self.current: Chat | None = None
+
+    def shutdown(self) -> None:
+        """Stop the running conversation (its engine thread) when the server stops."""
+        if self.current is not None:
+            self.current.stop()
+        self.engine_thread.shutdown(wait=False, cancel_futures=True)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -101,6 +108,7 @@ class ChatServer:
             await self._converse(ws, request)
         finally:
             self.busy = False
+            self.current = None
         return ws
 
     async def _converse(self, ws: web.WebSocketResponse, request: web.Request) -> None:
@@ -114,7 +122,13 @@ class ChatServer:
 
         self.sessions += 1
         n = self.sessions
-        chat = await loop.run_in_executor(self.engine_thread, _new_chat, cfg, req, send)
+        try:
+            chat = await loop.run_in_executor(self.engine_thread, _new_chat, cfg, req, send)
+        except Exception as e:  # noqa: BLE001  (one line for the client and the log)
+            log.error("conversation %d could not start: %s", n, e)
+            await ws.send_bytes(protocol.error_message(f"the server could not start: {e}"))
+            return
+        self.current = chat
         log.info("conversation %d: %s, %s audio", n, request.remote,
                  "PCM extension" if req.pcm else "Ogg/Opus")
         await ws.send_bytes(protocol.frame(protocol.HANDSHAKE))
@@ -252,11 +266,12 @@ def _run_chat(chat: Chat, done: threading.Event):
 
 async def serve(config: ServerConfig, host: str, port: int, on_ready=None) -> None:
     """Run until cancelled. `on_ready(url)` is called once the socket is listening."""
-    runner = web.AppRunner(ChatServer(config).app(), access_log=None, handle_signals=False)
+    server = ChatServer(config)
+    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
     try:
+        await site.start()
         sockets = site._server.sockets if site._server else []  # noqa: SLF001  (the bound port)
         bound = sockets[0].getsockname()[1] if sockets else port
         shown = f"[{host}]" if ":" in host else host
@@ -264,4 +279,5 @@ async def serve(config: ServerConfig, host: str, port: int, on_ready=None) -> No
             on_ready(f"http://{shown}:{bound}/")
         await asyncio.Event().wait()
     finally:
+        server.shutdown()
         await runner.cleanup()
