@@ -131,12 +131,13 @@ class ChatServer:
         self.current = chat
         log.info("conversation %d: %s, %s audio", n, request.remote,
                  "PCM extension" if req.pcm else "Ogg/Opus")
-        await ws.send_bytes(protocol.frame(protocol.HANDSHAKE))
-        if req.pcm:
-            await ws.send_bytes(protocol.metadata_message({
-                "event": "hello", "model": cfg.model.name, "hibiki": cfg.model.is_hibiki,
-                "sample_rate": SAMPLE_RATE, "jitter_ms": cfg.chat.jitter_ms,
-                "max_buffer_ms": cfg.chat.max_buffer_ms, "max_lag_ms": cfg.chat.max_lag_ms}))
+        with contextlib.suppress(ConnectionError, RuntimeError):  # gone during the warm-up:
+            await ws.send_bytes(protocol.frame(protocol.HANDSHAKE))  # the receiver sees it
+            if req.pcm:
+                await ws.send_bytes(protocol.metadata_message({
+                    "event": "hello", "model": cfg.model.name, "hibiki": cfg.model.is_hibiki,
+                    "sample_rate": SAMPLE_RATE, "jitter_ms": cfg.chat.jitter_ms,
+                    "max_buffer_ms": cfg.chat.max_buffer_ms, "max_lag_ms": cfg.chat.max_lag_ms}))
         done = threading.Event()
         engine = loop.run_in_executor(self.engine_thread, _run_chat, chat, done)
         sender = asyncio.ensure_future(self._send_loop(ws, outbox, chat, req.pcm, done))
