@@ -230,7 +230,9 @@ def test_kyutai_client_conversation_records_and_survives_bad_messages(server, sp
             await c.send_speech(speech[int(1.5 * 24000):])
             await c.wait_for(lambda: c.audio_messages > audio_before + 3, "audio after bad messages")
             await c.ws.send_bytes(b"\x03\x01")  # end of input: Hibiki flushes, then the server closes
+            at_end = c.audio_messages
             await asyncio.wait_for(c.closed.wait(), TIMEOUT_S)
+            assert c.audio_messages > at_end, "the flush's output arrives before the close"
             return c
 
     c = run(go())
@@ -244,6 +246,7 @@ def test_kyutai_client_conversation_records_and_survives_bad_messages(server, sp
     for problem in ("empty message", "unknown kind 0x09", "bad Ogg/Opus", "bad PCM", "TEXT message"):
         assert log.count(problem) == 1, (problem, log)
     assert "'pad_mult' is not supported" in log
+    assert "the client ended its input; flushing the translation" in log
     server.wait_log(r"conversation \d+ ended")
 
     # --record: input, output and the timed transcript of that conversation.
@@ -435,6 +438,35 @@ def test_query_parameters_honoured_or_logged_once(caplog):
     assert base.seed == 1 and base.temp == 0.8, "the server's options are not changed"
     assert [r.getMessage().count("pad_mult") for r in caplog.records].count(1) == 1
     assert parse_query({"text_topk": "many"}, base, once).options.top_k_text is None
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_end_of_input_source(flush):
+    """The engine's source: the client's frames (the last partial one completed with
+    silence), then for Hibiki the end-of-input frame and at most max_tail silent frames;
+    for Moshi, nothing more."""
+    from moshi_mac.buffers import LagPolicy, SampleRing
+    from moshi_mac.live import LiveStats, MicSource
+    from moshi_mac.serve.chat import EndOfInput
+
+    ring = SampleRing(24000 * 4)
+    mic = MicSource(ring, 24000, LagPolicy(max_lag_s=60), LiveStats(), lambda: 0.0)
+    source = EndOfInput(mic, ring, flush=flush, max_tail_frames=3)
+    stop = threading.Event()
+    pcm = np.linspace(-0.5, 0.5, 1920 * 2 + 100, dtype=np.float32)
+    ring.write(pcm)
+    first = source(stop)
+    assert first.kind == "input" and first.offset == 0 and np.array_equal(first.pcm, pcm[:1920])
+    source.end()
+    frames = []
+    while (frame := source(stop)) is not None:
+        frames.append(frame)
+        assert len(frames) < 10
+    kinds = [f.kind for f in frames]
+    assert kinds == (["input", "input", "eos", "tail", "tail", "tail"] if flush else ["input", "input"])
+    assert [f.offset for f in frames] == [1920 * k for k in range(1, len(frames) + 1)]
+    last = frames[1].pcm
+    assert np.array_equal(last[:100], pcm[-100:]) and not last[100:].any()
 
 
 def test_origin_rule():

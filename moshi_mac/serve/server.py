@@ -188,9 +188,9 @@ class ChatServer:
                 status = chat.status()
                 if status["behind"] and not behind_logged:
                     behind_logged = True
-                    log.warning("the model is running below real time (%.1f steps/s, %.1f "
-                                "needed): input frames are skipped", status["steps_per_s"],
-                                status["real_time_steps_per_s"])
+                    log.warning("the model is running below real time (%s steps/s, %.1f "
+                                "needed): input frames are skipped to keep the latency bounded",
+                                status["steps_per_s"] or "under 1", status["real_time_steps_per_s"])
                 if pcm_ext and not ws.closed:
                     with contextlib.suppress(ConnectionError, RuntimeError):
                         await ws.send_bytes(protocol.metadata_message(status))
