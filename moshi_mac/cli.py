@@ -123,11 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mimi", type=Path, help="use this Mimi checkpoint instead of a random one")
     s.set_defaults(func=cmd_make_random)
 
-    from . import bench, convert, doctor, live, translate
+    from . import bench, convert, doctor, live, serve, translate
 
     # Modules that add their own subcommands with `register(subparsers)`; each handler is
     # `main(args) -> int`. Heavy imports stay inside the handlers so `--help` is fast.
-    for module in (translate, live, doctor, convert, bench):
+    for module in (translate, live, doctor, convert, bench, serve):
         module.register(sub)
     return p
 

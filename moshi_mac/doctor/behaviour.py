@@ -32,11 +32,16 @@ def run_generation(model, pcm: np.ndarray, seed: int | None = None, codec=None) 
     """Feed `pcm` through an `engine.Session` of `model` (an `engine.LoadedModel`), as
     `translate` does, sequentially (the conservative speed figure: Mimi and the LM share
     one thread), after the session's warm-up. `codec(path, num_codebooks)` makes the
-    Mimi instances (default: rustymimi); `seed`: default, the model config's."""
+    Mimi instances (default: the session's, rustymimi); `seed`: default, the model
+    config's."""
     from ..engine import FileSource, Session
     from ..generate import GenOptions
 
-    session = Session(model, GenOptions(seed=seed), codec=codec)
+    codecs = None
+    if codec is not None:
+        cfg, path = model.cfg, model.files.mimi
+        codecs = (codec(path, cfg.user_codebooks), codec(path, cfg.dep_q) if cfg.dep_q else None)
+    session = Session(model, GenOptions(seed=seed), codecs=codecs)
     text: list[int] = []
     session.listeners.append(lambda _pcm, out, _added: text.append(out.text))
     session.warm_up()
