@@ -11,6 +11,7 @@ import pytest
 from moshi_mac import registry
 from moshi_mac.config import load_config
 from moshi_mac.errors import ModelNotFoundError
+from moshi_mac.modeldir import ModelFiles, from_dir
 
 NAMES = [e.name for e in registry.list_models()]
 REAL_OFFLINE = registry._offline
@@ -109,10 +110,11 @@ def test_local_lookup_in_weights_folder(isolated):
     _fill(weights / e.name, e.files)
     found = registry.local_files(e)
     assert found is not None
-    assert found["weights"] == weights / e.name / e.weights
-    assert found["mimi"] == weights / e.name / e.mimi
-    assert found["tokenizer"] == weights / e.name / e.tokenizer
-    assert found["config"] == e.config_path  # no config in the folder: the packaged one
+    assert found.weights == weights / e.name / e.weights
+    assert found.mimi == weights / e.name / e.mimi
+    assert found.tokenizer == weights / e.name / e.tokenizer
+    assert found.config == e.config_path  # no config in the folder: the packaged one
+    assert found.packaged_config is None
     assert registry.ensure(e.name) == found  # local first: no download attempted
 
 
@@ -125,9 +127,9 @@ def test_weights_folder_config_and_guessed_names(isolated):
                    "tokenizer-abc-checkpoint1.safetensors", "tokenizer_spm_32k_3.model"])
     (folder / "config.toml").write_text("")
     found = registry.local_files(e.name)
-    assert found["weights"].name == "moshika.q4.safetensors"
-    assert found["mimi"].name == "tokenizer-abc-checkpoint1.safetensors"
-    assert found["config"] == folder / "config.toml"
+    assert found.weights.name == "moshika.q4.safetensors"
+    assert found.mimi.name == "tokenizer-abc-checkpoint1.safetensors"
+    assert found.config == folder / "config.toml"
 
 
 def test_weights_folder_config_json_names_win(isolated):
@@ -139,9 +141,10 @@ def test_weights_folder_config_json_names_win(isolated):
         {"moshi_name": "b.safetensors", "mimi_name": "mimi-x.safetensors",
          "tokenizer_name": "tok.model"}))
     found = registry.local_files(e)
-    assert found["weights"] == folder / "b.safetensors"
-    assert found["tokenizer"] == folder / "tok.model"
-    assert found["config"] == found["hf_config"] == folder / "config.json"
+    assert found.weights == folder / "b.safetensors"
+    assert found.tokenizer == folder / "tok.model"
+    assert found.config == folder / "config.json"  # the shipped config wins
+    assert found.packaged_config == e.config_path  # the fallback, compared at check time
 
 
 def test_local_lookup_in_hf_cache(isolated):
@@ -154,8 +157,8 @@ def test_local_lookup_in_hf_cache(isolated):
     (refs / "main").write_text("abc123")
     found = registry.local_files(e)
     assert found is not None
-    assert found["weights"] == snap / e.weights
-    assert found["config"] == e.config_path
+    assert found.weights == snap / e.weights
+    assert found.config == e.config_path
 
 
 def test_default_weights_roots_include_repo_weights():
@@ -180,7 +183,7 @@ def test_offline_download_error_is_one_line(isolated, monkeypatch):
     for f in e.files:
         assert f in msg
     assert f"weights/{e.name}/" in msg
-    assert f"huggingface-cli download {e.repo}" in msg
+    assert f"{registry.hf_download_command(e.repo)} " in msg
     assert ei.value.__suppress_context__ or ei.value.__cause__ is None
 
 
@@ -234,12 +237,12 @@ def test_simulated_download_returns_paths(isolated, monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
     found = registry.ensure(e.name, progress=False)
     assert [f for _, f in calls] == ["config.json", *e.files]
+    assert isinstance(found, ModelFiles) and found.expect_quant == "q8"
     assert all(r == e.repo for r, _ in calls)
     for role, fname in zip(registry.ROLES, e.files):
-        assert found[role] == tmp_path / "dl" / e.repo / fname
-        assert found[role].is_file()
-    assert found["config"] == e.config_path
-    assert "hf_config" not in found
+        assert getattr(found, role) == tmp_path / "dl" / e.repo / fname
+        assert getattr(found, role).is_file()
+    assert found.config == e.config_path
 
 
 def test_simulated_download_uses_repo_config_names(isolated, monkeypatch, tmp_path):
@@ -249,10 +252,10 @@ def test_simulated_download_uses_repo_config_names(isolated, monkeypatch, tmp_pa
     files = {"config.json": json.dumps(names).encode(), **{n: b"x" for n in names.values()}}
     fake, calls = _fake_hub(tmp_path, files)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
-    found = registry.download(e.name)
-    assert found["weights"].name == "hibiki-real@1.safetensors"
-    assert found["tokenizer"].name == "tok-real.model"
-    assert found["hf_config"].name == "config.json"
+    found = from_dir(registry.download(e.name), entry=e)
+    assert found.weights.name == "hibiki-real@1.safetensors"
+    assert found.tokenizer.name == "tok-real.model"
+    assert found.config.name == "config.json" and found.packaged_config == e.config_path
     assert [f for _, f in calls] == ["config.json", *names.values()]
 
 
