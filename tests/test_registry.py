@@ -285,3 +285,71 @@ def test_progress_flag_restores_progress_bars(isolated, monkeypatch, tmp_path):
     registry.download(e.name, progress=False)
     assert seen and all(seen)
     assert not are_progress_bars_disabled()
+
+
+def test_gated_repo_is_one_line(isolated, monkeypatch):
+    from huggingface_hub.errors import GatedRepoError
+
+    def gated(*a, **k):
+        raise GatedRepoError("401 Client Error.\nCannot access gated repo for url ...",
+                             response=None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", gated)
+    e = registry.get_entry("hibiki-zero-3b-pytorch-bf16")
+    with pytest.raises(ModelNotFoundError) as ei:
+        registry.ensure(e.name)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert f"accept its terms on https://huggingface.co/{e.repo}" in msg
+    assert msg.endswith("then run `hf auth login`")
+
+
+def test_download_hint_follows_huggingface_hub_version(monkeypatch):
+    monkeypatch.setattr(huggingface_hub, "__version__", "1.2.0")
+    assert registry.hf_download_command("kyutai/x", ["a"]) == "hf download kyutai/x a"
+    monkeypatch.setattr(huggingface_hub, "__version__", "0.36.2")
+    assert registry.hf_download_command("kyutai/x") == "huggingface-cli download kyutai/x"
+
+
+def test_repo_id_is_an_alias_and_any_repo_with_config_json_resolves(isolated, monkeypatch,
+                                                                    tmp_path):
+    from moshi_mac.modeldir import resolve
+
+    assert registry.lookup("kyutai/hibiki-1b-mlx-bf16").name == "hibiki-1b-bf16"
+    names = {"moshi_name": "lm.safetensors", "mimi_name": "mimi-x.safetensors",
+             "tokenizer_name": "tok.model"}
+    files = {"config.json": json.dumps(names).encode(), **{n: b"x" for n in names.values()}}
+    fake, calls = _fake_hub(tmp_path, files)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    found = resolve("someone/my-finetune", progress=False)
+    assert found.name == "someone/my-finetune" and found.weights.name == "lm.safetensors"
+    assert found.config.name == "config.json" and found.packaged_config is None
+    assert found.expect_quant is None
+    assert [f for _, f in calls] == ["config.json", *names.values()]
+    # a repo whose config.json names no files is refused in one line
+    fake, _ = _fake_hub(tmp_path, {"config.json": b"{}"})
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    with pytest.raises(ModelNotFoundError) as ei:
+        resolve("someone/other", progress=False)
+    assert "\n" not in str(ei.value) and "names no moshi_name" in str(ei.value)
+    # a typo that is no repo id still names the closest registry name
+    with pytest.raises(ModelNotFoundError, match="did you mean 'hibiki-1b-bf16'"):
+        resolve("hibiki-1b-bf61", download=False)
+
+
+def test_one_resolver_for_every_path(isolated):
+    """A folder resolves to the same files under --model DIR, --weights DIR, a registry
+    weights folder, doctor and convert (one resolver: modeldir.from_dir)."""
+    from moshi_mac.convert import source_files
+    from moshi_mac.doctor import resolve_for_doctor
+    from moshi_mac.modeldir import resolve
+
+    weights, _ = isolated
+    e = registry.get_entry("hibiki-1b-bf16")
+    folder = weights / e.name
+    _fill(folder, e.files)
+    (folder / "config.json").write_text(json.dumps({"moshi_name": e.weights}))
+    want = (folder / "config.json", folder / e.weights, folder / e.mimi, folder / e.tokenizer)
+    for files in (resolve(str(folder)), resolve(weights=folder), source_files(folder),
+                  resolve_for_doctor(None, folder, None)[0], resolve(e.name, download=False),
+                  resolve(e.repo, download=False)):
+        assert (files.config, files.weights, files.mimi, files.tokenizer) == want
