@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import shutil
-import struct
 from pathlib import Path
 
 import mlx.nn as nn
@@ -38,6 +36,8 @@ from moshi_mac.models.lm import Lm
 from moshi_mac.random_model import tiny_config
 from moshi_mac.weights import (QUANT_PRESETS, expected_mlx_shapes, expected_pytorch_shapes,
                                quantization_plan)
+
+from .header_only import write_header_only
 
 DATA = Path(__file__).resolve().parent / "data" / "kyutai"
 # Official config.json of each packaged config's repos: copies of Kyutai's files where one
@@ -221,22 +221,6 @@ def test_json_depformer_inherits_like_lmmodel():
 # ---------------------------------------------------------------------------------------
 # Header-only repos in a Hugging Face cache
 # ---------------------------------------------------------------------------------------
-
-def write_header_only(path: Path, tensors: dict[str, tuple[str, tuple[int, ...]]]) -> None:
-    """A safetensors file of the real size whose data is a hole: `check` reads headers."""
-    size = {"BF16": 2, "F16": 2, "F32": 4, "U32": 4}
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, (dtype, shape) in tensors.items():
-        n = math.prod(shape) * size[dtype]
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        f.truncate(8 + len(raw) + offset)
-
 
 def lm_tensors(entry: registry.ModelEntry) -> dict[str, tuple[str, tuple[int, ...]]]:
     """The official file's header, as Kyutai's code builds it."""
