@@ -353,3 +353,11 @@ def test_one_resolver_for_every_path(isolated):
                   resolve_for_doctor(None, folder, None)[0], resolve(e.name, download=False),
                   resolve(e.repo, download=False)):
         assert (files.config, files.weights, files.mimi, files.tokenizer) == want
+
+
+def test_packaged_configs_have_one_home():
+    """The configs are package data; the checkout's top-level configs/ is a link to them."""
+    root = Path(registry.__file__).resolve().parent.parent
+    assert registry.config_dir() == Path(registry.__file__).resolve().parent / "configs"
+    if (root / "configs").exists():
+        assert (root / "configs").resolve() == registry.config_dir()
