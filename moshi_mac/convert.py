@@ -87,7 +87,7 @@ def convert(src: str | Path, out: str | Path, quantize: str | None = None, *, fo
 
     from .modeldir import check_model, from_dir, link_or_copy
     from .models.lm import Lm
-    from .random_model import LM_FILE
+    from .quant import LM_FILE
     from .safetensors_io import save_safetensors_streamed
     from .weights import quantization_plan, read_header
 

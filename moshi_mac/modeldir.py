@@ -28,6 +28,7 @@ from . import registry
 from .config import LmConfig, load_config
 from .config.family import notice, structural_differences
 from .errors import ModelNotFoundError, MoshiMacError
+from .quant import QUANT_PRESETS, QUANT_SUFFIXES
 from .weights import CheckReport, check_weights
 
 
@@ -47,7 +48,6 @@ class ModelFiles:
 
 
 MIMI_PATTERNS = ["tokenizer-*.safetensors", "mimi*.safetensors"]
-_QUANT_SUFFIXES = (".q8.safetensors", ".q4.safetensors")
 
 
 def _one(folder: Path, patterns: list[str], role: str, exclude=(), keep=None) -> Path:
@@ -73,10 +73,10 @@ def lm_weight_files(folder: str | Path) -> list[Path]:
 
 def _quant_filter(quant: str | None):
     """Which LM file names fit an expected quantization (None: any)."""
-    if quant in ("q8", "q4"):
+    if quant in QUANT_PRESETS:
         return lambda p: p.name.endswith(f".{quant}.safetensors")
     if quant is not None:
-        return lambda p: not p.name.endswith(_QUANT_SUFFIXES)
+        return lambda p: not p.name.endswith(QUANT_SUFFIXES)
     return None
 
 

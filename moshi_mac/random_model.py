@@ -22,6 +22,7 @@ from mlx.utils import tree_flatten
 from .config import LmConfig
 from .errors import MoshiMacError
 from .models.lm import Lm
+from .quant import LM_FILE
 
 TINY_TEXT_VOCAB = 1000
 
@@ -81,7 +82,6 @@ def random_lm_tensors(cfg: LmConfig, seed: int = 0, dtype=mx.bfloat16) -> dict[s
     return out
 
 
-LM_FILE = {"bf16": "model.safetensors", "q8": "model.q8.safetensors", "q4": "model.q4.safetensors"}
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, ModelNotFoundError
+from .quant import LM_FILE
 
 MOSHI_TOKENIZER = "tokenizer_spm_32k_3.model"
 HIBIKI_TOKENIZER = "tokenizer_spm_48k_multi6_2.model"
@@ -90,8 +91,7 @@ def _moshi(voice: str, layout: str, quant: str, weights: str) -> ModelEntry:
 
 _ENTRIES: tuple[ModelEntry, ...] = (
     *(_moshi(v, "mlx", q, w) for v in ("moshiko", "moshika")
-      for q, w in (("bf16", "model.safetensors"), ("q8", "model.q8.safetensors"),
-                   ("q4", "model.q4.safetensors"))),
+      for q, w in LM_FILE.items()),
     _moshi("moshiko", "pytorch", "bf16", "model.safetensors"),
     _moshi("moshika", "pytorch", "bf16", "model.safetensors"),
     ModelEntry(

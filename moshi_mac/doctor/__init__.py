@@ -80,6 +80,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import MoshiMacError
+from ..quant import QUANT_SUFFIXES
 from .base import CheckResult, FAIL, PASS, SKIP, _count
 from .behaviour import check_silence, check_speed, check_text, run_generation
 from .codec_check import check_codec
@@ -250,16 +251,13 @@ def run_doctor(files, opts: DoctorOptions | None = None,
 # Model resolution (registry siblings, folders with bf16 beside q8/q4)
 # ---------------------------------------------------------------------------------------
 
-_QUANT_SUFFIXES = (".q8.safetensors", ".q4.safetensors")
-
-
 def _pick_from_dir(folder: Path):
     """`modeldir.from_dir`, also accepting a folder with bf16 weights beside q8/q4 ones:
     then the quantized file is examined and the bf16 one is its reference."""
     from ..modeldir import from_dir, lm_weight_files
 
     lm = lm_weight_files(folder)
-    quant = [p for p in lm if p.name.endswith(_QUANT_SUFFIXES)]
+    quant = [p for p in lm if p.name.endswith(QUANT_SUFFIXES)]
     plain = [p for p in lm if p not in quant]
     if len(quant) == 1 and len(plain) == 1:
         return from_dir(folder, weights=quant[0]), plain[0]
