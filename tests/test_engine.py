@@ -21,14 +21,21 @@ def hibiki(make_model) -> LoadedModel:
 
 
 def _always_eos(model: LoadedModel) -> LoadedModel:
-    """The same model whose text head always picks EOS."""
+    """The same model crafted to always emit the text EOS: every input embedding is the
+    same positive vector, the layers add nothing, so the output is a constant positive
+    direction, which only the EOS row of the text head matches."""
     lm = load_model(None, model.files.weights.parent).lm
+    for emb in [lm.text_emb, *lm.audio_embs]:
+        emb.weight = mx.ones_like(emb.weight)
+    for layer in lm.transformer.layers:
+        layer.self_attn.out_proj.weight = mx.zeros_like(layer.self_attn.out_proj.weight)
+        layer.gating.linear_out.weight = mx.zeros_like(layer.gating.linear_out.weight)
+    for cond in (lm.condition_provider.conditioners.values() if lm.condition_provider else []):
+        cond.output_proj.weight = mx.zeros_like(cond.output_proj.weight)
+    lm.out_norm.weight = mx.ones_like(lm.out_norm.weight)
     w = mx.zeros_like(lm.text_linear.weight)
     w[EOS_ID] = mx.ones((w.shape[1],), w.dtype)
     lm.text_linear.weight = w
-    if "bias" in lm.text_linear:
-        lm.text_linear.bias = mx.zeros_like(lm.text_linear.bias)
-    lm.out_norm.weight = mx.abs(lm.out_norm.weight) + 1.0  # a positive direction
     return LoadedModel(model.files, model.cfg, lm, model.tokenizer)
 
 
@@ -55,8 +62,9 @@ def test_lookahead_stops_on_eos_like_a_step_at_a_time(hibiki, pipelined):
     pcm = np.zeros(6 * FRAME_SIZE, np.float32)
     a, _ = _run(model, pcm, lookahead=False, pipelined=pipelined)
     b, _ = _run(model, pcm, lookahead=True, pipelined=pipelined)
-    # The first EOS after the input ended stops the run before the tail is used up.
-    assert a.eos_reached and a.steps < 1 + 6 + 1 + 4
+    # EOS at every output: those before the input ended are counted, the first after it
+    # stops the run before the tail is used up.
+    assert a.eos_reached and a.early_eos > 0 and a.steps < 1 + 6 + 1 + 4
     assert (a.steps, a.outputs, a.input_frames, a.early_eos) == \
            (b.steps, b.outputs, b.input_frames, b.early_eos)
     assert np.array_equal(a.pcm, b.pcm)
