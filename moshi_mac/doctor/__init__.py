@@ -364,7 +364,8 @@ def register(subparsers) -> None:
     p.add_argument("--strict", action="store_true", help="count skipped checks as failures")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="also write the results as JSON")
+    p.add_argument("-o", "--output", "--json", dest="json", type=Path,
+                   help="also write the results as JSON to this file")
     p.set_defaults(func=main)
 
 
