@@ -70,24 +70,26 @@ def default_out() -> Path:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options (on `moshi-mac bench` and on this module's own parser)."""
     p.add_argument("--sections", nargs="+", default=["bandwidth", "lm", "mimi", "e2e"],
-                   choices=["bandwidth", "lm", "mimi", "e2e"])
+                   choices=["bandwidth", "lm", "mimi", "e2e"], help="what to measure")
     p.add_argument("--models", nargs="+", help="configs/ stems for the real shapes "
                    "(default: every config; moshi-7b needs ~16 GB free)")
     p.add_argument("--tiny-models", nargs="+", help="configs/ stems for the tiny shapes "
                    "(default: every config)")
-    p.add_argument("--shapes", nargs="+", default=["real", "tiny"], choices=["real", "tiny"])
+    p.add_argument("--shapes", nargs="+", default=["real", "tiny"], choices=["real", "tiny"],
+                   help="real: the configs' shapes, random weights; tiny: d_model 128")
     p.add_argument("--impls", nargs="+", choices=IMPLS,
                    help="implementations (default: moshi-mac and the installed references)")
     p.add_argument("--dtypes", nargs="+", choices=ALL_DTYPES,
                    help="dtypes of the real shapes (default: fp32 and bf16; PyTorch and "
                         "moshi_mlx run the ones they support)")
-    p.add_argument("--tiny-dtypes", nargs="+", choices=ALL_DTYPES, default=list(ALL_DTYPES))
+    p.add_argument("--tiny-dtypes", nargs="+", choices=ALL_DTYPES, default=list(ALL_DTYPES),
+                   help="dtypes of the tiny shapes")
     p.add_argument("--steps", type=int, default=3, help="timed steps per repeat, real shapes")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--tiny-steps", type=int, default=100)
-    p.add_argument("--tiny-warmup", type=int, default=20)
-    p.add_argument("--tiny-repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first, real shapes")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats, real shapes")
+    p.add_argument("--tiny-steps", type=int, default=100, help="--steps for the tiny shapes")
+    p.add_argument("--tiny-warmup", type=int, default=20, help="--warmup for the tiny shapes")
+    p.add_argument("--tiny-repeats", type=int, default=5, help="--repeats for the tiny shapes")
     p.add_argument("--rounds", type=int, default=1, help="run every real-shape case this many times")
     p.add_argument("--tiny-rounds", type=int, default=2, help="the same for the tiny shapes")
     p.add_argument("--context", type=int, help="cap the temporal context (KV caches) of the real shapes")
@@ -96,11 +98,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="MODEL:SHAPE", help="end-to-end cases (moshi-mac, default dtype)")
     p.add_argument("--e2e-seconds", type=float, default=10.0, help="input length, tiny shape")
     p.add_argument("--e2e-real-seconds", type=float, default=4.0, help="input length, real shape")
-    p.add_argument("--mimi-frames", type=int, default=50)
+    p.add_argument("--mimi-frames", type=int, default=50, help="timed Mimi frames")
     p.add_argument("--wait-load", type=float, default=None, metavar="LOAD",
                    help="before each case, wait (up to --wait-max s) for the 1-min load average "
                         "to drop to LOAD")
-    p.add_argument("--wait-max", type=float, default=900)
+    p.add_argument("--wait-max", type=float, default=900, help="seconds, see --wait-load")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per case")
     p.add_argument("--quick", action="store_true",
                    help="a fast smoke run: tiny hibiki-1b only, few steps, short e2e")
@@ -111,7 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torch-device", nargs="+", default=["cpu"], choices=["cpu", "cuda", "mps"],
                    help="where the PyTorch cases run (several: one case each; "
                         "non-CPU ones are reported as pytorch-<device>)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random weights and inputs")
     p.add_argument("--report", type=Path, metavar="JSON",
                    help="run nothing: re-derive the tables, plot and Markdown of a saved result")
 
