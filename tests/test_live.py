@@ -29,6 +29,9 @@ def test_live_session_flows_and_records(make_model, device, tmp_path, capsys):
     s, folder = doc["session"], doc["folder"]
     out = capsys.readouterr().out
     assert "Use headphones" in out and "steps/s" in out and "latency" in out
+    assert "mic " in out and " dB" in out  # the input level meter
+    for name in (s["input_device"], s["output_device"]):  # real names, not ALSA's aliases
+        assert name.split(",")[0] not in ("default", "pulse", "sysdefault"), name
     # Frames flowed both ways through the real streams.
     assert s["mic_samples"] > s["input_rate"] and s["played_samples"] > 0
     assert s["frames_in"] >= 10 and s["frames_out"] >= 8

@@ -15,9 +15,9 @@ import statistics
 from dataclasses import dataclass
 
 from ..codec import FRAME_RATE
+from ..engine import STAGE_NAMES as STAGES
 from .base import SPEED_MIN_RTF, WARMUP_STEPS, CheckResult, FAIL, _result
 
-STAGES = {"lm": "LM", "encode": "Mimi encode", "decode": "Mimi decode"}
 FRAME_MS = 1000 / FRAME_RATE
 
 
