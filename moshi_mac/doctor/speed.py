@@ -51,9 +51,8 @@ def advice(ms: dict[str, float]) -> str:
     if stage == "lm":
         tip = "a q8/q4 model reads less per step; close other apps"
     else:
-        tip = (f"Mimi runs on the CPU whatever the LM, so a q8/q4 model will not help; the "
-               f"engine overlaps Mimi with the LM on other cores (the default), at best "
-               f"{pipelined:.2f}x real time here; close other apps")
+        tip = (f"a q8/q4 model will not help (Mimi runs on the CPU); overlapped with the LM "
+               f"(the default) at best {pipelined:.2f}x real time")
     if pipelined < 1:
         tip += "; use `translate` on files"
     return f"{STAGES[stage]} bounds real time ({ms[stage]:.1f} of {FRAME_MS:.0f} ms per frame): {tip}"
