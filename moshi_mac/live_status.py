@@ -114,7 +114,7 @@ class Pace:
     diagnosis: `update` once per step with the engine's cumulative StageTimes; `current`
     is the warning to show now (None while real time is kept), `worst` the last one."""
 
-    def __init__(self, pipelined: bool, window: int = 25):
+    def __init__(self, pipelined: bool, window: int = 12):  # ~1 s at real time
         self.pipelined = pipelined
         self.window = window
         self._marks: collections.deque = collections.deque(maxlen=window)

@@ -54,6 +54,8 @@ def test_live_latency_bounded_when_model_is_slow(make_model, device, tmp_path, c
                     "--debug-step-delay-ms", "300", "--max-lag-ms", "300")
     s = doc["session"]
     assert s["skipped_frames"] > 10 and s["skip_events"] > 0
+    assert "LM is behind" in (s["below_real_time"] or ""), s["below_real_time"]  # the warning
+    assert s["below_real_time_steps"] > 0
     series = np.array([ms for _, ms in s["latency_series"]])
     assert series.size >= 6
     # bound: max lag + queued frame + slow step + decode + speaker buffer + devices
