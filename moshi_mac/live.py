@@ -487,6 +487,7 @@ def main(args) -> int:
     with console.status("warming up"):
         session.warm_up()
     audio = LiveAudio(in_dev, out_dev, args.device_latency, args.jitter_ms, args.max_buffer_ms)
+    audio.names()  # the real device names (may ask the sound server), before the streams start
     folder = _record_dir(args.record) if args.record else None
     rec_in = WavRecorder(folder / "input.wav") if folder else None
     rec_out = WavRecorder(folder / "output.wav") if folder else None
