@@ -64,7 +64,8 @@ class Parser(argparse.ArgumentParser):
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (one of)")
-    g.add_argument("--model", "-m", help="registry name (see `moshi-mac models`)")
+    g.add_argument("--model", "-m", help="registry name (see `moshi-mac models`) or Hugging Face "
+                                         "repo id (e.g. kyutai/hibiki-1b-mlx-bf16)")
     g.add_argument("--weights", "-w", type=Path, help="a model folder: config, LM weights, Mimi, tokenizer")
 
 
@@ -93,7 +94,7 @@ def cmd_download(args) -> int:
 
     for name in args.names:
         files = registry.ensure(name)
-        console.print(f"[green]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in files.items()))
+        console.print(f"[green]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in files.paths().items()))
     return 0
 
 
@@ -181,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that add their own subcommands with `register(subparsers)`; each handler is
 # `main(args) -> int`. Heavy imports stay inside the handlers so `--help` is fast.
-COMMAND_MODULES = ["translate", "live", "doctor", "convert", "bench"]
+COMMAND_MODULES = ["translate", "live", "doctor", "convert", "bench", "serve"]
 
 
 def _command_module(name: str):

@@ -1,8 +1,8 @@
 """Shared fixtures and the rules every test run follows.
 
 - Isolation: the session's cache folder ($MOSHI_MAC_CACHE: random Mimi checkpoints,
-  benchmark outputs) is a temporary folder, never the user's; fixtures come from
-  tests/fixtures/, never from outside the repository.
+  benchmark outputs) is a temporary folder, never the user's; test data comes from
+  tests/data/, never from outside the repository.
 - Reference tests (marker `reference`: they compare with the official PyTorch `moshi`) skip
   with a reason when torch or moshi is absent, and FAIL instead when
   MOSHI_MAC_REQUIRE_REFERENCE=1 (set by scripts/test and .ci/run once they installed the
@@ -23,9 +23,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DATA = Path(__file__).resolve().parent / "data"  # test data, inside the repository
 CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
-REFERENCE_CONFIGS = sorted((FIXTURES / "reference_configs").glob("*"))
+# Kyutai's own config files (copies; see tests/data/kyutai/README.md)
+REFERENCE_CONFIGS = sorted(p for p in (DATA / "kyutai").iterdir()
+                           if p.suffix in (".json", ".toml"))
 CONFIG_NAMES = [p.stem for p in CONFIGS]
 
 REQUIRE_REFERENCE_ENV = "MOSHI_MAC_REQUIRE_REFERENCE"

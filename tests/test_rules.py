@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import FIXTURES, REFERENCE_CONFIGS, REQUIRE_REFERENCE_ENV, ROOT, require_reference
+from .conftest import DATA, REFERENCE_CONFIGS, REQUIRE_REFERENCE_ENV, ROOT, require_reference
 
 
 def test_missing_reference_skips_or_fails(monkeypatch):
@@ -26,6 +26,6 @@ def test_cache_and_fixtures_stay_inside(tmp_path_factory):
 
     assert cache_root().is_relative_to(tmp_path_factory.getbasetemp())
     assert REFERENCE_CONFIGS and all(p.is_relative_to(ROOT) for p in REFERENCE_CONFIGS)
-    assert FIXTURES.is_relative_to(ROOT)
+    assert DATA.is_relative_to(ROOT)
     text = "\n".join(p.read_text() for p in Path(__file__).parent.glob("*.py"))
     assert "shared" + "/reference" not in text and '"shared"' + ' / "reference"' not in text
