@@ -28,7 +28,7 @@ def _shows_default(action: argparse.Action) -> bool:
     """Whether --help should state this option's default (flags and unset ones have none)."""
     default = action.default
     return (default is not None and default is not False and default != argparse.SUPPRESS
-            and action.nargs != 0
+            and default not in ("", [], ()) and action.nargs != 0
             and (bool(action.option_strings) or action.nargs in ("?", "*")))
 
 
