@@ -261,11 +261,10 @@ def test_codec_figures_reference_points():
 # ---------------------------------------------------------------------------------------
 
 def _run(text, audio_level=0.0, lm=0.01, codec=0.01, steps=None):
-    """A run of `steps` steps of `lm` seconds of LM each and `codec` of Mimi."""
     steps = steps or len(text)
     noise = np.random.default_rng(0).standard_normal(steps * FRAME_SIZE)
     audio = (audio_level * noise).astype(np.float32)
-    return behaviour.GenRun(list(text), audio, steps, lm * steps, (lm + codec) * steps)
+    return behaviour.GenRun(list(text), audio, [lm] * steps, [codec / 2] * steps, [codec / 2] * steps)
 
 
 def test_silence_and_text_checks_on_crafted_runs(make_model):
@@ -292,7 +291,7 @@ def test_speed_check():
     marginal = behaviour.check_speed(_run([3] * 20, lm=0.05, codec=0.025))  # 13.3 steps/s
     assert marginal.status == base.FAIL and "marginal" in marginal.figures
     slow = behaviour.check_speed(_run([3] * 20, lm=0.2, codec=0.1))
-    assert slow.status == base.FAIL and "too slow" in slow.figures
+    assert slow.status == base.FAIL and "too slow" in slow.figures and "LM bounds" in slow.figures
 
 
 def _quiet_pad_model(folder: Path):
@@ -326,8 +325,9 @@ def test_generation_checks_pass_on_crafted_model_and_fail_on_random(make_model, 
     quiet = LoadedModel(files, cfg, model, tokenizer)
     run = behaviour.run_generation(quiet, silence, codec=lambda _path, n: QuietCodec(n))
     # The engine's session: the first frame fed twice, as the reference's file inference.
-    assert run.steps == len(silence) // FRAME_SIZE + 1
-    assert len(run.text) == run.steps - max(cfg.delays)
+    steps = len(silence) // FRAME_SIZE + 1
+    assert len(run.lm_seconds) == len(run.encode_seconds) == steps  # timed by the session
+    assert len(run.text) == steps - max(cfg.delays)
     assert set(run.text) == {3}
     assert behaviour.check_text(run, cfg).status == base.PASS
     assert behaviour.check_silence(run, "hibiki").status == base.PASS

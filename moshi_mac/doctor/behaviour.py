@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..codec import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
+from ..codec import FRAME_SIZE, SAMPLE_RATE
 from ..tokenizer import EOS_ID
-from .base import (CheckResult, FAIL, SILENCE_LIMITS, SILENCE_SKIP_FRAMES, SPEED_MIN_RTF,
-    TEXT_MAX_EOS, TEXT_MAX_RUN, TEXT_MAX_SHARE, TEXT_MIN_PAD, TEXT_SHARE_MIN_TOKENS, _db, _result)
+from . import speed
+from .base import (CheckResult, FAIL, SILENCE_LIMITS, SILENCE_SKIP_FRAMES, TEXT_MAX_EOS,
+    TEXT_MAX_RUN, TEXT_MAX_SHARE, TEXT_MIN_PAD, TEXT_SHARE_MIN_TOKENS, _db, _result)
 
 
 # ---------------------------------------------------------------------------------------
@@ -18,22 +19,21 @@ from .base import (CheckResult, FAIL, SILENCE_LIMITS, SILENCE_SKIP_FRAMES, SPEED
 
 @dataclass
 class GenRun:
-    """What a generation run produced: every output text token, the decoded audio, and
-    the step count with the seconds the session spent waiting for the LM and in all."""
+    """What a generation run produced, with per-step timings in seconds."""
 
     text: list[int]
     audio: np.ndarray
-    steps: int
-    lm_s: float
-    wall_s: float
+    lm_seconds: list[float] = field(default_factory=list)
+    encode_seconds: list[float] = field(default_factory=list)
+    decode_seconds: list[float] = field(default_factory=list)
 
 
 def run_generation(model, pcm: np.ndarray, seed: int | None = None, codec=None) -> GenRun:
     """Feed `pcm` through an `engine.Session` of `model` (an `engine.LoadedModel`), as
-    `translate` does, sequentially (the conservative speed figure: Mimi and the LM share
-    one thread), after the session's warm-up. `codec(path, num_codebooks)` makes the
-    Mimi instances (default: the session's, rustymimi); `seed`: default, the model
-    config's."""
+    `translate` does, with Mimi and the LM in turn on one thread (the conservative speed
+    figure), after the session's warm-up; each stage's seconds per step come from the
+    session's own timers. `codec(path, num_codebooks)` makes the Mimi instances (default:
+    the session's, rustymimi); `seed`: default, the model config's."""
     from ..engine import FileSource, Session
     from ..generate import GenOptions
 
@@ -42,11 +42,20 @@ def run_generation(model, pcm: np.ndarray, seed: int | None = None, codec=None) 
         cfg, path = model.cfg, model.files.mimi
         codecs = (codec(path, cfg.user_codebooks), codec(path, cfg.dep_q) if cfg.dep_q else None)
     session = Session(model, GenOptions(seed=seed), codecs=codecs)
-    text: list[int] = []
-    session.listeners.append(lambda _pcm, out, _added: text.append(out.text))
+    run = GenRun([], np.zeros(0, np.float32))
+    session.listeners.append(lambda _pcm, out, _added: run.text.append(out.text))
+    seen = dict(session.times.seconds)
+
+    def on_step(s) -> None:  # each stage's seconds since the previous step
+        now = s.times.seconds
+        for stage, times in (("lm", run.lm_seconds), ("encode", run.encode_seconds),
+                             ("decode", run.decode_seconds)):
+            times.append(now[stage] - seen[stage])
+        seen.update(now)
+
     session.warm_up()
-    result = session.run(FileSource(pcm, flush=False), pipelined=False)
-    return GenRun(text, result.pcm, result.steps, session.times.seconds["lm"], result.wall_s)
+    run.audio = session.run(FileSource(pcm, flush=False), pipelined=False, on_step=on_step).pcm
+    return run
 
 
 def check_silence(run: GenRun, model_type: str) -> CheckResult:
@@ -91,18 +100,6 @@ def check_text(run: GenRun, cfg) -> CheckResult:
 
 
 def check_speed(run: GenRun) -> CheckResult:
-    threshold = f">= {SPEED_MIN_RTF:g}x real time ({FRAME_RATE:g} steps/s) with Mimi"
-    if run.steps == 0 or run.wall_s <= 0:
-        return CheckResult("speed", FAIL, "too few steps to time (run longer)", threshold)
-    lm_rate = run.steps / max(run.lm_s, 1e-9)
-    rate = run.steps / run.wall_s
-    rtf = rate / FRAME_RATE
-    if rtf >= SPEED_MIN_RTF:
-        verdict = f"live: OK ({100 * (rtf - 1):.0f}% headroom)"
-    elif rtf >= 1.0:
-        verdict = "live: marginal, expect stutter under load; try q8/q4 or close other apps"
-    else:
-        verdict = "live: too slow; use `translate` on files, or a q8/q4 model"
-    figures = (f"LM {lm_rate:.1f} steps/s (time waited for it), with Mimi {rate:.1f} steps/s = "
-               f"{rtf:.2f}x real time over {run.steps} steps; {verdict}")
-    return _result("speed", rtf >= SPEED_MIN_RTF, figures, threshold)
+    """The speed check (speed.py) on this run's per-stage timings."""
+    return speed.check_speed(speed.StageTimes(run.encode_seconds, run.lm_seconds,
+                                              run.decode_seconds))
