@@ -325,9 +325,9 @@ def test_generation_checks_pass_on_crafted_model_and_fail_on_random(make_model, 
     quiet = LoadedModel(files, cfg, model, tokenizer)
     run = behaviour.run_generation(quiet, silence, codec=lambda _path, n: QuietCodec(n))
     # The engine's session: the first frame fed twice, as the reference's file inference.
-    steps = len(silence) // FRAME_SIZE + 1
-    assert len(run.lm_seconds) == len(run.encode_seconds) == steps  # timed by the session
-    assert len(run.text) == steps - max(cfg.delays)
+    frames = len(silence) // FRAME_SIZE
+    assert len(run.lm_seconds) == len(run.encode_seconds) == frames  # timed by the session
+    assert len(run.text) == frames + 1 - max(cfg.delays)
     assert set(run.text) == {3}
     assert behaviour.check_text(run, cfg).status == base.PASS
     assert behaviour.check_silence(run, "hibiki").status == base.PASS
