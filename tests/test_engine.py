@@ -5,7 +5,6 @@ scheduled ahead is dropped, and the EOS counts only once the input has ended).""
 
 from __future__ import annotations
 
-import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -14,6 +13,8 @@ from moshi_mac.engine import FileSource, LoadedModel, Session, load_model
 from moshi_mac.generate import GenOptions
 from moshi_mac.tokenizer import EOS_ID
 
+from .crafted import always_emit
+
 
 @pytest.fixture(scope="module")
 def hibiki(make_model) -> LoadedModel:
@@ -21,21 +22,8 @@ def hibiki(make_model) -> LoadedModel:
 
 
 def _always_eos(model: LoadedModel) -> LoadedModel:
-    """The same model crafted to always emit the text EOS: every input embedding is the
-    same positive vector, the layers add nothing, so the output is a constant positive
-    direction, which only the EOS row of the text head matches."""
-    lm = load_model(None, model.files.weights.parent).lm
-    for emb in [lm.text_emb, *lm.audio_embs]:
-        emb.weight = mx.ones_like(emb.weight)
-    for layer in lm.transformer.layers:
-        layer.self_attn.out_proj.weight = mx.zeros_like(layer.self_attn.out_proj.weight)
-        layer.gating.linear_out.weight = mx.zeros_like(layer.gating.linear_out.weight)
-    for cond in (lm.condition_provider.conditioners.values() if lm.condition_provider else []):
-        cond.output_proj.weight = mx.zeros_like(cond.output_proj.weight)
-    lm.out_norm.weight = mx.ones_like(lm.out_norm.weight)
-    w = mx.zeros_like(lm.text_linear.weight)
-    w[EOS_ID] = mx.ones((w.shape[1],), w.dtype)
-    lm.text_linear.weight = w
+    """The same model crafted to always emit the text EOS."""
+    lm = always_emit(load_model(None, model.files.weights.parent).lm, EOS_ID)
     return LoadedModel(model.files, model.cfg, lm, model.tokenizer)
 
 
