@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import registry
 from .config import LmConfig, load_config
-from .errors import ModelNotFoundError, MoshiMacError
+from .errors import ModelNotFoundError, MoshiMacError, UsageError
 from .weights import CheckReport, check_weights
 
 
@@ -55,6 +55,10 @@ def lm_weight_files(folder: str | Path) -> list[Path]:
 def from_dir(folder: str | Path, weights: Path | None = None) -> ModelFiles:
     """The files of a model folder; `weights` picks one LM file where there are several."""
     folder = Path(folder)
+    if folder.is_file():
+        raise UsageError(f"--weights {folder} is a file; a model folder holds a config, the LM "
+                         f"weights, a Mimi checkpoint and a tokenizer: pass the folder "
+                         f"{folder.parent}")
     if not folder.is_dir():
         raise ModelNotFoundError(f"--weights {folder}: no such directory")
     config = folder / "config.toml"
@@ -71,11 +75,11 @@ def resolve(model: str | None = None, weights: str | Path | None = None,
             download: bool = True) -> ModelFiles:
     """`--weights DIR` or `--model NAME` (a registry name) to the model's files."""
     if weights is not None and model is not None:
-        raise MoshiMacError("give either --model or --weights, not both")
+        raise UsageError("give either --model or --weights, not both")
     if weights is not None:
         return from_dir(weights)
     if model is None:
-        raise MoshiMacError("no model given: pass --model NAME (see `moshi-mac models`) or --weights DIR")
+        raise UsageError("no model given: pass --model NAME (see `moshi-mac models`) or --weights DIR")
     if Path(model).is_dir():
         return from_dir(model)
     entry = registry.get_entry(model)

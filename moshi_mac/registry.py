@@ -315,15 +315,12 @@ def local_files(entry: ModelEntry | str) -> dict[str, Path] | None:
 # ---------------------------------------------------------------------------------------
 
 def manual_instructions(entry: ModelEntry | str) -> str:
-    """One line telling how to put a model's files in place by hand."""
+    """How to put a model's files in place by hand, short enough for one line."""
     if isinstance(entry, str):
         entry = get_entry(entry)
     files = " ".join(entry.files) + (f" {entry.hf_config}" if entry.hf_config else "")
-    also = f" (and {entry.hf_config})" if entry.hf_config else ""
-    return (f"place {', '.join(entry.files)}{also} from {entry.url} into weights/{entry.name}/, "
-            f"or on a machine with network run `huggingface-cli download {entry.repo} {files}` "
-            f"(`hf download` with huggingface_hub >= 1.0) and copy its Hugging Face cache "
-            f"({hf_cache_dir()}) here")
+    return (f"where there is network run `huggingface-cli download {entry.repo} {files}` and "
+            f"copy {hf_cache_dir()} here, or put those files into weights/{entry.name}/")
 
 
 def _offline() -> bool:
@@ -377,8 +374,7 @@ def _reason(exc: BaseException) -> str:
 
 def _fail(entry: ModelEntry, reason: str) -> ModelNotFoundError:
     return ModelNotFoundError(
-        f"cannot download {entry.name} from {entry.url} ({reason}); "
-        + manual_instructions(entry))
+        f"cannot download {entry.name} ({reason}); " + manual_instructions(entry))
 
 
 def _missing_remote(exc: BaseException) -> bool:
