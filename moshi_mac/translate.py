@@ -285,9 +285,12 @@ def main(args) -> int:
 
     guard.on_second.append(clean_up)
     try:
+        need: dict[Path, int] = {}  # per folder: the outputs of every input going there
         for job in jobs:
-            job.outputs.preflight(args.force, estimate_bytes(job.duration, args.max_tail,
-                                                             args.stereo))
+            folder = job.plan.wav.parent.resolve()
+            need[folder] = need.get(folder, 0) + estimate_bytes(job.duration, args.max_tail,
+                                                                args.stereo)
+            job.outputs.preflight(args.force, need[folder])
         return _run(args, jobs, failed, guard)
     finally:
         clean_up()
@@ -314,6 +317,8 @@ def _run(args, jobs: list[Job], failed: list[tuple[Path, str]], guard) -> int:
     error: NonFiniteError | None = None
     kept: list[Path] = []
     for job in jobs:
+        if guard.signum is not None:  # came while the previous input's outputs were written
+            break
         try:
             pcm, report = read_audio(job.path)
         except UsageError as e:  # probed fine, yet does not decode
@@ -364,7 +369,9 @@ def _run(args, jobs: list[Job], failed: list[tuple[Path, str]], guard) -> int:
     guard.finished = True
     names = ", ".join(p.name for p in kept)
     if guard.signum is not None:
-        return print_stopped(guard.signum, f"partial outputs kept: {names}")
+        return print_stopped(guard.signum, f"partial outputs kept: {names}" if kept else
+                             "the outputs written before it are complete; later inputs were "
+                             "not started")
     if error is not None:
         raise NonFiniteError(f"{error} (partial outputs kept: {names})")
     if failed:
