@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that add their own subcommands with `register(subparsers)`; each handler is
 # `main(args) -> int`. Heavy imports stay inside the handlers so `--help` is fast.
-COMMAND_MODULES = ["translate", "live", "doctor", "convert", "bench"]
+COMMAND_MODULES = ["translate", "live", "doctor", "convert", "bench", "serve"]
 
 
 def _command_module(name: str):
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt as e:
             guard.finished = True
             signum = e.signum if isinstance(e, Interrupted) else 2
-            return print_stopped(signum, "nothing was written")
+            return print_stopped(signum, "the command ended before it finished")
         guard.finished = True
         return rc
 

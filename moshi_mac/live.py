@@ -41,6 +41,19 @@ ECHO_THRESHOLD_RMS = 0.01  # model output louder than this counts as speaking
 ECHO_HOLD_S = 0.25  # the guard stays on this long after the output went quiet
 
 
+def add_latency_args(g) -> None:
+    """The bounded-latency flags, shared with `serve` (checked by `check_latency_args`)."""
+    g.add_argument("--jitter-ms", type=float, default=160,
+                   help="audio queued before the speaker starts (default 160)")
+    g.add_argument("--max-buffer-ms", type=float, default=480,
+                   help="most audio queued for the speaker; older audio is dropped (default 480)")
+    g.add_argument("--max-lag-ms", type=float, default=400,
+                   help="how far the model may fall behind the microphone before input "
+                        "frames are given up (default 400)")
+    g.add_argument("--lag-policy", choices=LAG_MODES, default="skip",
+                   help="past --max-lag-ms: skip late frames, or merge them into one (sped up)")
+
+
 def register(subparsers) -> None:
     from .cli import add_model_args
     from .engine import add_generation_args
@@ -54,15 +67,7 @@ def register(subparsers) -> None:
     g.add_argument("--output-device", help="index or part of the name (see `moshi-mac devices`)")
     g.add_argument("--device-latency", choices=["low", "high"], default="low",
                    help="PortAudio latency setting for both streams (default low)")
-    g.add_argument("--jitter-ms", type=float, default=160,
-                   help="audio queued before the speaker starts (default 160)")
-    g.add_argument("--max-buffer-ms", type=float, default=480,
-                   help="most audio queued for the speaker; older audio is dropped (default 480)")
-    g.add_argument("--max-lag-ms", type=float, default=400,
-                   help="how far the model may fall behind the microphone before input "
-                        "frames are given up (default 400)")
-    g.add_argument("--lag-policy", choices=LAG_MODES, default="skip",
-                   help="past --max-lag-ms: skip late frames, or merge them into one (sped up)")
+    add_latency_args(g)
     g.add_argument("--echo-guard", action="store_true",
                    help="turn the microphone down while the model speaks (for laptop speakers; "
                         "not echo cancellation)")
@@ -418,12 +423,18 @@ class LiveScreen:
 # The command
 # ---------------------------------------------------------------------------------------
 
-def _check_args(args) -> None:
-    """What flags.py cannot check alone (ranges of single flags are checked there)."""
-    from .outputs import check_folder
-
+def check_latency_args(args) -> None:
+    """How the latency flags relate (each one's own range is checked in flags.py);
+    shared with `serve`."""
     if args.max_buffer_ms < args.jitter_ms + 80:
         raise UsageError("--max-buffer-ms must be at least --jitter-ms + 80 (one frame)")
+
+
+def _check_args(args) -> None:
+    """What flags.py cannot check alone; the recording folder before the model loads."""
+    from .outputs import check_folder
+
+    check_latency_args(args)
     if args.record is not None:
         check_folder(args.record, "recording folder")
 
