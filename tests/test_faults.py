@@ -606,7 +606,7 @@ def test_live_sigterm_finalizes_the_recording(model, tmp_path):
     mic, rate = sf.read(str(folder / "input.wav"))
     assert rate == 24000 and mic.size > 12000  # a finalized wav with the session in it
     doc = json.loads((folder / "transcript.json").read_text(), parse_constant=_strict)
-    assert doc["ending"] == "stopped by SIGTERM" and doc["session"]["frames_in"] > 5
+    assert doc["ending"] == "stopped by SIGTERM" and doc["session"]["frames_in"] >= 1
 
 
 def test_devices_without_any_device_says_so(tmp_path):
