@@ -173,7 +173,7 @@ class WavRecorder:
         tmp = self._ctx.__enter__()
         self._file = sf.SoundFile(str(tmp), "w", SAMPLE_RATE, 1, "PCM_16", format="WAV")
         self.samples = 0
-        self._lock = threading.Lock()  # close() may come from a signal handler
+        self._lock = threading.RLock()  # close() may come from a signal handler (same thread)
 
     def write(self, pcm: np.ndarray) -> None:
         with self._lock:

@@ -39,6 +39,7 @@ class SignalGuard:
         self.finished = False  # the final message is out: later signals are ignored
         self._events: list[threading.Event] = []
         self._saved: dict[int, object] = {}
+        self._stderr: int | None = None
 
     # -- installation ------------------------------------------------------------------
     def install(self) -> "SignalGuard":
@@ -46,12 +47,17 @@ class SignalGuard:
             return self  # signal handlers can only be set from the main thread
         for s in SIGNALS:
             self._saved[s] = signal.signal(s, self._handle)
+        # The real stderr, kept for the last line: live sends fd 2 to a log meanwhile.
+        self._stderr = os.dup(2)
         return self
 
     def restore(self) -> None:
         for s, handler in self._saved.items():
             signal.signal(s, handler)
         self._saved.clear()
+        if self._stderr is not None:
+            os.close(self._stderr)
+            self._stderr = None
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -100,7 +106,7 @@ class SignalGuard:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
         with contextlib.suppress(Exception):
-            os.write(2, (f"error: {signal_name(self.signum)} twice: stopped at once; outputs "
+            os.write(2 if self._stderr is None else self._stderr, (f"error: {signal_name(self.signum)} twice: stopped at once; outputs "
                          f"not yet written are lost (partial files end in .partial)\n").encode())
         os._exit(self.exit_code)
 
@@ -118,6 +124,11 @@ def installed():
         yield guard
     finally:
         guard.restore()
+        if guard.signum is not None:
+            # Stopping because of a signal: the process is about to exit; a repeat must not
+            # land a KeyboardInterrupt in the interpreter's shutdown.
+            for s in SIGNALS:
+                signal.signal(s, signal.SIG_IGN)
 
 
 def current() -> SignalGuard:

@@ -586,7 +586,7 @@ def test_force_then_sigterm_never_replaces_a_complete_output(model, inputs, tmp_
     assert_outputs(tmp_path, {**out_set("speech", "complete"), **out_set("speech", "partial")})
 
 
-def test_live_sigterm_finalizes_the_recording(model, tmp_path):
+def _live_device() -> list[str]:
     from .test_live import _probe
 
     device, reason = _probe()
@@ -594,7 +594,11 @@ def test_live_sigterm_finalizes_the_recording(model, tmp_path):
         if os.environ.get("CI") == "true":
             pytest.fail(f"no audio device ({reason})")
         pytest.skip(f"no audio device ({reason})")
-    dev = [] if device == "default" else ["--input-device", device, "--output-device", device]
+    return [] if device == "default" else ["--input-device", device, "--output-device", device]
+
+
+def test_live_sigterm_finalizes_the_recording(model, tmp_path):
+    dev = _live_device()
     proc, _ = _start(["live", "-w", model, "--record", tmp_path, *dev], "Use headphones")
     time.sleep(3)
     _, err = _finish(proc, signal.SIGTERM)
@@ -607,6 +611,23 @@ def test_live_sigterm_finalizes_the_recording(model, tmp_path):
     assert rate == 24000 and mic.size > 12000  # a finalized wav with the session in it
     doc = json.loads((folder / "transcript.json").read_text(), parse_constant=_strict)
     assert doc["ending"] == "stopped by SIGTERM" and doc["session"]["frames_in"] >= 1
+
+
+def test_live_second_ctrl_c_exits_cleanly_with_the_recordings_closed(model, tmp_path):
+    dev = _live_device()
+    proc, _ = _start(["live", "-w", model, "--record", tmp_path, *dev], "Use headphones")
+    time.sleep(2)
+    t0 = time.monotonic()
+    _, err = _finish(proc, signal.SIGINT, signal.SIGINT, gap=0.05)
+    assert time.monotonic() - t0 < 10
+    line = assert_one_line(err)
+    assert proc.returncode == 130 and "Ctrl-C" in line, err  # never 134
+    (folder,) = tmp_path.glob("session-*")
+    names = sorted(p.name for p in folder.iterdir())
+    assert {"input.wav", "output.wav"} <= set(names), names  # finalized, first or second
+    assert set(names) <= {"input.wav", "output.wav", "transcript.json", "transcript.srt"}
+    for name in ("input.wav", "output.wav"):
+        assert sf.info(str(folder / name)).samplerate == 24000
 
 
 def test_devices_without_any_device_says_so(tmp_path):
