@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MoshiMacError, UsageError
+from .errors import UsageError
 from .guards import SanitizeReport, sanitize_pcm
 from .outputs import atomic_path, write_error
 

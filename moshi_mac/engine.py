@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from .codec import FRAME_SIZE, SAMPLE_RATE
-from .errors import MoshiMacError
+from .errors import UsageError
 from .guards import check_pcm, check_step
 from .transcript import Token, Word
 
@@ -151,7 +151,7 @@ class LmStepper:
         try:
             self.gen = LmGen(lm, options=options)
         except ValueError as e:
-            raise MoshiMacError(f"{e}; this model has no CFG conditioner, leave --cfg out") from None
+            raise UsageError(f"{e}; this model has no CFG conditioner, leave --cfg out") from None
         cfg = lm.cfg
         self.user_codebooks = cfg.user_codebooks
         self.dep_q = cfg.dep_q

@@ -45,6 +45,7 @@ RULES = {r.flag.lstrip("-").replace("-", "_"): r for r in [
     Rule("--duration", 0, 366 * 86400, low_open=True),
     Rule("--seconds", 0, 3600, low_open=True),
     Rule("--debug-step-delay-ms", 0, 60_000),
+    Rule("--port", 0, 65535), Rule("--idle-timeout", 0, 366 * 86400, low_open=True),
 ]}
 RULES["cfg_coef"] = Rule("--cfg", 0, 100, low_open=True)
 

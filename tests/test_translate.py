@@ -159,7 +159,7 @@ def test_cfg_needs_a_conditioner(make_model, speech, tmp_path, capsys):
     rc = cli_main(["translate", str(speech["wav"]), "-w", str(model), "-o", str(tmp_path),
                    "--cfg", "3"])
     err = capsys.readouterr().err
-    assert rc == 1 and "--cfg" in err
+    assert rc == 2 and "--cfg" in err  # usage
 
 
 def test_sigint_keeps_valid_partial_outputs(make_model, speech, tmp_path):

@@ -12,7 +12,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from .schema import (DepformerConfig, ExtraConfig, ExtraHeadsConfig, GenerationConfig, LmConfig,
-                     LutConditionerConfig, TransformerConfig, field_problems)
+                     LutConditionerConfig, TransformerConfig, field_problems,
+                     raise_first)
 
 def _closest(key: str, known) -> str:
     match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
@@ -75,10 +76,7 @@ def from_toml_dict(data: dict, source: str = "config") -> LmConfig:
             **data, "transformer": transformer, "depformer": depformer,
             "conditioners": conditioners, "extra_heads": extra_heads, "moshi_mac": extra,
         }, "config")
-        problems = list(field_problems(cfg))  # before the defaults below use the fields
-        if problems:
-            raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more problem(s))"
-                                             if len(problems) > 1 else ""))
+        raise_first(list(field_problems(cfg)))  # before the defaults below use the fields
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     except TypeError as e:  # pragma: no cover - defensive

@@ -213,10 +213,7 @@ class LmConfig:
     # -- validation ---------------------------------------------------------------------
     def validate(self, source: str = "config") -> "LmConfig":
         # Types and ranges first: the checks after them divide by and multiply fields.
-        problems = list(field_problems(self)) or list(_problems(self))
-        if problems:
-            raise ConfigError(f"{source}: {problems[0]}" + (
-                f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
+        raise_first(list(field_problems(self)) or list(_problems(self)), f"{source}: ")
         return self
 
     # -- serialisation ------------------------------------------------------------------
@@ -245,6 +242,13 @@ def _drop_none(obj):
     if isinstance(obj, list):
         return [_drop_none(v) for v in obj]
     return obj
+
+
+def raise_first(problems: list[str], prefix: str = "") -> None:
+    """One line: the first problem, and how many more there are."""
+    if problems:
+        raise ConfigError(prefix + problems[0] + (
+            f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
 
 
 # Ranges of the numeric fields, by field name (any table): (low, high, low excluded).
