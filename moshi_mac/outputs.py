@@ -69,14 +69,17 @@ def write_error(path: Path, e: BaseException) -> MoshiMacError:
                          f"another output folder with -o")
 
 
-def check_folder(folder: Path, what: str = "output folder") -> Path:
-    """Make `folder` if needed; it must be a writable folder. One line otherwise."""
+def check_folder(folder: Path, what: str = "output folder") -> list[Path]:
+    """Make `folder` if needed; it must be a writable folder. One line otherwise.
+    Returns the folders it made, deepest first."""
+    made = []
     for parent in [folder, *folder.parents]:
         if parent.exists():
             if not parent.is_dir():
                 raise UsageError(f"{what} {folder}: {parent} is a file, not a folder; "
                                  f"choose another path")
             break
+        made.append(parent)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -84,7 +87,7 @@ def check_folder(folder: Path, what: str = "output folder") -> Path:
                          f"choose a writable path") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"{what} {folder} is not writable; choose a writable path")
-    return folder
+    return made
 
 
 def check_space(folder: Path, need_bytes: int, what: str) -> None:
@@ -103,6 +106,7 @@ class OutputSet:
         self._lock_fd: int | None = None
         self._lock_path: Path | None = None
         self._temps: list[Path] = []
+        self._made: list[Path] = []  # folders preflight created, deepest first
 
     @property
     def partial_paths(self) -> list[Path]:
@@ -117,7 +121,7 @@ class OutputSet:
                 raise UsageError(f"output {p} is a folder; choose another -o")
         folders = sorted({p.parent for p in self.paths})
         for folder in folders:
-            check_folder(folder)
+            self._made += check_folder(folder)
         existing = [p for p in self.paths if p.exists()]
         if existing and not force:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
@@ -148,12 +152,18 @@ class OutputSet:
         self._lock_fd, self._lock_path = fd, lock
 
     def release(self) -> None:
-        if self._lock_fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.unlink(self._lock_path)
-        os.close(self._lock_fd)
-        self._lock_fd = None
+        """Drop the lock, and the folders preflight made if nothing was written in them."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._lock_path)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        for folder in self._made:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+        self._made.clear()
 
     # -- after compute -----------------------------------------------------------------
     def commit(self, writers: dict[Path, Callable[[Path], None]], partial: bool = False) -> list[Path]:

@@ -411,6 +411,7 @@ def test_fault_before_compute(name, model, inputs, variant, tmp_path):
     assert r.returncode == fault.rc, r.stderr
     assert fault.says in line, line
     assert_outputs(out, fault.outputs)
+    assert out.exists() == bool(fault.outputs)  # not even an empty output folder is left
 
 
 # ---------------------------------------------------------------------------------------
