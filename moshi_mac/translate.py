@@ -212,15 +212,16 @@ def _ending(model, result) -> str:
     return "end of translation (EOS)" if result.eos_reached else "tail limit reached before EOS"
 
 
-def output_writers(plan: Outputs, model, session, result, src_pcm, report, ending: str) -> dict:
-    """Final path -> fn(temp path) for each output file of one input."""
+def output_writers(plan: Outputs, model, session, result, src_pcm, report, ending: str,
+                   partial: bool) -> dict:
+    """Final path -> fn(temp path) for each output file of one input; `partial`: the run
+    did not finish (the JSON says so)."""
     from .audio_io import write_stereo_wav, write_wav
     from .codec import FRAME_RATE, SAMPLE_RATE
     from .transcript import transcript_files
 
     text = session.text
     opts = session.stepper.gen.opts
-    partial = result.interrupted or ending.startswith("stopped")
     texts = transcript_files(
         plan.subtitles, plan.json, text.text.strip(), text.words, text.tokens,
         model=model.name, model_type=model.cfg.moshi_mac.model_type, input=str(report.path),
@@ -348,7 +349,7 @@ def _run(args, jobs: list[Job], failed: list[tuple[Path, str]], guard) -> int:
                 console.print(session.text.text.strip(), highlight=False, markup=False)
             partial = result.interrupted or error is not None
             written = job.outputs.commit(output_writers(job.plan, model, session, result, pcm,
-                                                        report, ending), partial=partial)
+                                                        report, ending, partial), partial=partial)
         wall = max(result.wall_s, 1e-9)
         rtf = f"{wall / (result.steps * FRAME_S):.2f}" if result.steps else "-"
         summary.add_row(escape(report.path.name),
