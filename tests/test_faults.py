@@ -345,7 +345,7 @@ FAST: dict[str, Fault] = {
     "no-model": Fault(lambda c: ["check"], 2, "no model given"),
     "unknown-model": Fault(lambda c: ["check", "-m", "hibiki-9z"], 1, "unknown model"),
     "not-downloadable": Fault(lambda c: ["check", "-m", "hibiki-zero-3b-pytorch-bf16",
-                                         "--no-download"], 1, "huggingface-cli download"),
+                                         "--no-download"], 1, "where there is network run"),
     # -- configs (one line, blamed on the right field) ---------------------------------------
     "config-empty": Fault(with_variant("check", "empty-config"), 2,
                           "missing the [transformer] table"),
