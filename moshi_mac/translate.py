@@ -30,6 +30,7 @@ from rich.markup import escape
 from .engine import FRAME_S
 from .errors import MoshiMacError, NonFiniteError, UsageError
 from .outputs import OutputSet
+from .tables import Column
 
 DEFAULT_MAX_TAIL_S = 15.0
 
@@ -43,7 +44,7 @@ def register(subparsers) -> None:
         description="Run a model over audio files and write the generated speech, "
                     "timed subtitles and a JSON transcript for each.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="wav, mp3, flac or ogg files")
-    p.add_argument("-o", "--out", type=Path,
+    p.add_argument("-o", "--output", dest="out", type=Path,
                    help="output folder, or (one input) the output .wav; default: beside each input")
     add_model_args(p)
     p.add_argument("--subtitles", choices=["srt", "vtt"], default="srt", help="default: srt")
@@ -272,6 +273,20 @@ def _probe(args, plans: list[Outputs]) -> tuple[list[Job], list[tuple[Path, str]
     return jobs, failed
 
 
+SUMMARY_COLUMNS = [Column("input", fold=True), Column("output", fold=True),
+                   Column("steps", drop=2, justify="right"), Column("wall", drop=3, justify="right"),
+                   Column("steps/s", drop=1, justify="right"), Column("RTF", justify="right"),
+                   Column("ending", fold=True)]
+
+
+def summary_table(title: str, rows: list[list[str]], width: int):
+    """The end-of-run summary: at 80 columns, wall, steps and steps/s go and file names
+    wrap rather than being cut."""
+    from .tables import fit_table
+
+    return fit_table(escape(title), SUMMARY_COLUMNS, [[escape(c) for c in r] for r in rows], width)
+
+
 def main(args) -> int:
     from .signals import current
 
@@ -298,8 +313,6 @@ def main(args) -> int:
 
 
 def _run(args, jobs: list[Job], failed: list[tuple[Path, str]], guard) -> int:
-    from rich.table import Table
-
     from .audio_io import read_audio
     from .cli import console, print_stopped, print_warning
     from .codec import FRAME_SIZE
@@ -311,10 +324,9 @@ def _run(args, jobs: list[Job], failed: list[tuple[Path, str]], guard) -> int:
     what = "translating" if model.is_hibiki else "answering"
     console.print(f"[dim]model[/] {escape(model.name)}: {model.cfg.summary()}", highlight=False)
 
-    summary = Table(title=f"moshi-mac translate ({escape(model.name)}, "
-                          f"{'sequential' if args.sequential else 'pipelined'})")
-    for col in ("input", "output", "steps", "wall", "steps/s", "RTF", "ending"):
-        summary.add_column(col)
+    title = (f"moshi-mac translate ({model.name}, "
+             f"{'sequential' if args.sequential else 'pipelined'})")
+    rows: list[list[str]] = []  # plain text: escaped when the table is made
     error: NonFiniteError | None = None
     kept: list[Path] = []
     for job in jobs:
@@ -352,10 +364,9 @@ def _run(args, jobs: list[Job], failed: list[tuple[Path, str]], guard) -> int:
                                                         report, ending, partial), partial=partial)
         wall = max(result.wall_s, 1e-9)
         rtf = f"{wall / (result.steps * FRAME_S):.2f}" if result.steps else "-"
-        summary.add_row(escape(report.path.name),
-                        f"{escape(written[0].name)} ({result.pcm.size / 24000:.2f} s)",
-                        str(result.steps), f"{wall:.1f} s", f"{result.steps / wall:.1f}", rtf,
-                        escape(ending.split(":")[0]))
+        rows.append([report.path.name, f"{written[0].name} ({result.pcm.size / 24000:.2f} s)",
+                     str(result.steps), f"{wall:.1f} s", f"{result.steps / wall:.1f}", rtf,
+                     ending.split(":")[0]])
         console.print(("[yellow]kept partial[/] " if partial else "[green]wrote[/] ")
                       + escape(", ".join(str(p) for p in written)), highlight=False)
         if result.early_eos:
@@ -365,8 +376,8 @@ def _run(args, jobs: list[Job], failed: list[tuple[Path, str]], guard) -> int:
             kept = written
             break
     for path, _ in failed:
-        summary.add_row(escape(path.name), "-", "", "", "", "", "failed: unreadable")
-    console.print(summary)
+        rows.append([path.name, "-", "", "", "", "", "failed: unreadable"])
+    console.print(summary_table(title, rows, console.width))
     guard.finished = True
     names = ", ".join(p.name for p in kept)
     if guard.signum is not None:
