@@ -586,35 +586,29 @@ def test_force_then_sigterm_never_replaces_a_complete_output(model, inputs, tmp_
     assert_outputs(tmp_path, {**out_set("speech", "complete"), **out_set("speech", "partial")})
 
 
-def _live_device() -> list[str]:
-    from .test_live import _probe
-
-    device, reason = _probe()
-    if device is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"no audio device ({reason})")
-        pytest.skip(f"no audio device ({reason})")
+def _live_device(device: str) -> list[str]:
+    """The flags that pick the `device` fixture's device (conftest.py)."""
     return [] if device == "default" else ["--input-device", device, "--output-device", device]
 
 
-def test_live_sigterm_finalizes_the_recording(model, tmp_path):
-    dev = _live_device()
+def test_live_sigterm_finalizes_the_recording(model, device, tmp_path):
+    dev = _live_device(device)
     proc, _ = _start(["live", "-w", model, "--record", tmp_path, *dev], "Use headphones")
     time.sleep(3)
     _, err = _finish(proc, signal.SIGTERM)
     line = assert_one_line(err)
     assert proc.returncode == 143 and "stopped by SIGTERM: session recorded in" in line, err
     (folder,) = tmp_path.glob("session-*")
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "input.wav", "output.wav", "transcript.json", "transcript.srt"]
+    names = {p.name for p in folder.iterdir()} - {"audio-library.log"}  # ALSA's messages
+    assert sorted(names) == ["input.wav", "output.wav", "transcript.json", "transcript.srt"]
     mic, rate = sf.read(str(folder / "input.wav"))
     assert rate == 24000 and mic.size > 12000  # a finalized wav with the session in it
     doc = json.loads((folder / "transcript.json").read_text(), parse_constant=_strict)
     assert doc["ending"] == "stopped by SIGTERM" and doc["session"]["frames_in"] >= 1
 
 
-def test_live_second_ctrl_c_exits_cleanly_with_the_recordings_closed(model, tmp_path):
-    dev = _live_device()
+def test_live_second_ctrl_c_exits_cleanly_with_the_recordings_closed(model, device, tmp_path):
+    dev = _live_device(device)
     proc, _ = _start(["live", "-w", model, "--record", tmp_path, *dev], "Use headphones")
     time.sleep(2)
     t0 = time.monotonic()
@@ -625,7 +619,8 @@ def test_live_second_ctrl_c_exits_cleanly_with_the_recordings_closed(model, tmp_
     (folder,) = tmp_path.glob("session-*")
     names = sorted(p.name for p in folder.iterdir())
     assert {"input.wav", "output.wav"} <= set(names), names  # finalized, first or second
-    assert set(names) <= {"input.wav", "output.wav", "transcript.json", "transcript.srt"}
+    assert set(names) <= {"input.wav", "output.wav", "transcript.json", "transcript.srt",
+                          "audio-library.log"}
     for name in ("input.wav", "output.wav"):
         assert sf.info(str(folder / name)).samplerate == 24000
 
