@@ -21,6 +21,7 @@ from functools import partial
 import mlx.core as mx
 
 from .config import GenerationConfig
+from .guards import NONFINITE_TOKEN
 from .models.layers import DensePlans
 from .models.lm import UNGENERATED_TOKEN, Lm
 from .sampling import Sampler
@@ -185,6 +186,8 @@ class LmGen:
                                                   self.condition_sum, self.plans)
         out = out[:, 0]
         text, text_key = self.text_sampler.sample(self._mix(text_logits[:, 0]), text_key)
+        # NaN/Inf logits: a marker token the engine stops on (no extra sync; guards.py)
+        text = mx.where(mx.isfinite(text_logits).all(), text, NONFINITE_TOKEN)
         noise = []
         if self.dep_q:
             n, audio_key = self.audio_sampler.noise(audio_key, (self.dep_q, text.shape[0], self.cfg.card))
