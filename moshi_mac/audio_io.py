@@ -51,7 +51,6 @@ class AudioReport:
 def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, AudioReport]:
     """Read an audio file as mono float32 at `sample_rate`; return (pcm, report)."""
     import soundfile as sf
-    import soxr
 
     path = Path(path)
     if not path.is_file():
@@ -66,10 +65,29 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> tuple[np.nda
         raise MoshiMacError(f"audio file {path} contains no audio; pass a non-empty recording")
     report = AudioReport(path=path, sample_rate=int(rate), channels=data.shape[1],
                          duration=data.shape[0] / rate, target_rate=sample_rate)
-    pcm = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if rate != sample_rate:
+    return to_mono(data, int(rate), sample_rate), report
+
+
+def to_mono(audio: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Samples [n] or [n, channels] at `rate` (float, or integer PCM scaled to [-1, 1])
+    -> mono float32 at `sample_rate`: channels averaged, soxr high-quality resampling."""
+    import soxr
+
+    audio = np.asarray(audio)
+    if audio.ndim not in (1, 2) or audio.dtype.kind not in "fiu":
+        raise MoshiMacError(f"audio must be numbers shaped [samples] or [samples, channels], "
+                            f"got {audio.dtype} {list(audio.shape)}")
+    if audio.dtype.kind in "iu":
+        half = 2.0 ** (8 * audio.dtype.itemsize - 1)  # int16: 32768
+        audio = (audio.astype(np.float64) - (half if audio.dtype.kind == "u" else 0.0)) / half
+    if rate <= 0:
+        raise MoshiMacError(f"the sample rate must be a positive number of Hz, got {rate}")
+    pcm = audio.astype(np.float32, copy=False)
+    if pcm.ndim == 2:
+        pcm = pcm.mean(axis=1) if pcm.shape[1] > 1 else pcm[:, 0]
+    if rate != sample_rate and pcm.size:
         pcm = soxr.resample(pcm, rate, sample_rate, quality="HQ")
-    return np.ascontiguousarray(pcm, dtype=np.float32), report
+    return np.ascontiguousarray(pcm, dtype=np.float32)
 
 
 @contextlib.contextmanager

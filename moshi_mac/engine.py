@@ -16,7 +16,6 @@ Mimi encode -> LM step -> Mimi decode, one 80 ms frame at a time.
 
 from __future__ import annotations
 
-import argparse
 import queue
 import threading
 import time
@@ -53,42 +52,20 @@ class LoadedModel:
         return self.cfg.moshi_mac.model_type == "hibiki"
 
 
-def load_model(model: str | None, weights=None) -> LoadedModel:
-    """Resolve `--model` / `--weights`, check every file against the config, load the LM."""
+def load_model(model: str | None, weights=None, *, quantize: str | None = None,
+               dtype=None) -> LoadedModel:
+    """Resolve `--model` / `--weights`, check every file against the config, load the LM
+    (`quantize`: "q8" / "q4" on load; `dtype`: the activation dtype, default per
+    `weights.default_dtype`)."""
     from .modeldir import check_model, resolve
     from .tokenizer import load_tokenizer
     from .weights import load_lm
 
     files = resolve(model, weights)
     check = check_model(files)
-    lm, _ = load_lm(files.weights, check.config, files.name, expect_quant=files.expect_quant)
+    lm, _ = load_lm(files.weights, check.config, files.name, dtype=dtype,
+                    expect_quant=files.expect_quant, quantize=quantize)
     return LoadedModel(files, check.config, lm, load_tokenizer(files.tokenizer))
-
-
-def add_generation_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampling (defaults: the model's reference settings)")
-    g.add_argument("--temp", type=float, help="audio temperature (reference: 0.8)")
-    g.add_argument("--temp-text", type=float, help="text temperature (reference: 0.7)")
-    g.add_argument("--top-k", type=int, help="audio top-k (reference: 250)")
-    g.add_argument("--top-k-text", type=int, help="text top-k (reference: 25)")
-    g.add_argument("--cfg", type=float, dest="cfg_coef", metavar="COEF",
-                   help="classifier-free guidance coefficient (Hibiki 1B/2B; e.g. 3; 1 = off)")
-    g.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
-    g.add_argument("--seed", type=int, default=4242,
-                   help="random seed: the same seed gives the same output (default 4242)")
-    e = p.add_argument_group("engine")
-    e.add_argument("--sequential", action="store_true",
-                   help="run Mimi and the LM in turn on one thread (default: Mimi encode and "
-                        "decode on their own threads, overlapped with the LM)")
-    e.add_argument("--debug-step-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
-
-
-def gen_options(args):
-    from .generate import GenOptions
-
-    return GenOptions(temp=args.temp, temp_text=args.temp_text, top_k=args.top_k,
-                      top_k_text=args.top_k_text, cfg_coef=args.cfg_coef, greedy=args.greedy,
-                      seed=args.seed)
 
 
 # ---------------------------------------------------------------------------------------

@@ -35,8 +35,7 @@ ECHO_HOLD_S = 0.25  # the guard stays on this long after the output went quiet
 
 
 def register(subparsers) -> None:
-    from .cli import add_model_args
-    from .engine import add_generation_args
+    from .cli import add_generation_args, add_model_args
 
     p = subparsers.add_parser(
         "live", help="real-time conversation (Moshi) or translation (Hibiki) with mic and speaker",
@@ -454,8 +453,8 @@ def main(args) -> int:
     from rich.live import Live
     from rich.table import Table
 
-    from .cli import console
-    from .engine import FRAME_S, Session, gen_options, load_model
+    from .cli import console, gen_options
+    from .engine import FRAME_S, Session, load_model
     from .transcript import write_transcript
 
     _check_args(args)

@@ -107,14 +107,25 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
-def write_transcript(subtitles: Path, json_path: Path, text: str, words: list[Word],
-                     tokens: list[Token], **meta) -> tuple[Path, Path]:
-    """Write `subtitles` (.srt or .vtt, by its suffix) and the JSON transcript."""
-    fmt = subtitles.suffix.lstrip(".").lower()
+def write_subtitles(path: Path, words: list[Word]) -> Path:
+    """Write `words` as subtitles: SRT or WebVTT by the suffix of `path`."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise MoshiMacError(f"subtitle format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     cues = make_cues(words)
-    write_text_atomic(subtitles, format_srt(cues) if fmt == "srt" else format_vtt(cues))
+    return write_text_atomic(path, format_srt(cues) if fmt == "srt" else format_vtt(cues))
+
+
+def write_transcript_json(path: Path, text: str, words: list[Word], tokens: list[Token],
+                          **meta) -> Path:
+    """Write the JSON transcript (see `transcript_dict`)."""
     doc = transcript_dict(text, words, tokens, **meta)
-    write_text_atomic(json_path, json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
-    return subtitles, json_path
+    return write_text_atomic(path, json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
+
+
+def write_transcript(subtitles: Path, json_path: Path, text: str, words: list[Word],
+                     tokens: list[Token], **meta) -> tuple[Path, Path]:
+    """Write `subtitles` (.srt or .vtt, by its suffix) and the JSON transcript."""
+    return (write_subtitles(subtitles, words),
+            write_transcript_json(json_path, text, words, tokens, **meta))

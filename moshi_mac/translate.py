@@ -18,15 +18,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .api import DEFAULT_MAX_TAIL_S
 from .engine import FRAME_S
 from .errors import MoshiMacError
 
-DEFAULT_MAX_TAIL_S = 15.0
-
 
 def register(subparsers) -> None:
-    from .cli import add_model_args
-    from .engine import add_generation_args
+    from .cli import add_generation_args, add_model_args
 
     p = subparsers.add_parser(
         "translate", help="translate audio files (Hibiki) or answer them (Moshi)",
@@ -171,50 +169,17 @@ class FileProgress:
 # The command
 # ---------------------------------------------------------------------------------------
 
-def translate_file(model, pcm, options, *, max_tail_s: float, pipelined: bool,
+def translate_file(model, pcm, report, options, *, max_tail_s: float, pipelined: bool,
                    slow_s: float = 0.0, progress: FileProgress | None = None):
-    """Run one input through a fresh session; return (session, result)."""
-    from .engine import FileSource, Session
+    """Run one input through `api.run_pcm` (the path of `Model.run`); return its Result."""
+    from .api import run_pcm
+    from .result import InputInfo
 
-    hibiki = model.is_hibiki
-    source = FileSource(pcm, flush=hibiki, max_tail_frames=math.ceil(max_tail_s / FRAME_S))
-    session = Session(model, options, stop_on_eos=hibiki, slow_s=slow_s)
-    on_step = None
-    if progress is not None:
-        session.listeners.append(progress.on_text)
-        on_step = progress.on_step
-    return session, session.run(source, pipelined=pipelined, on_step=on_step)
-
-
-def _ending(model, result) -> str:
-    if result.interrupted:
-        return "interrupted (partial outputs kept)"
-    if not model.is_hibiki:
-        return "end of input"
-    return "end of translation (EOS)" if result.eos_reached else "tail limit reached before EOS"
-
-
-def write_outputs(plan: Outputs, model, session, result, src_pcm, report) -> None:
-    from .audio_io import write_stereo_wav_atomic, write_wav_atomic
-    from .codec import FRAME_RATE, SAMPLE_RATE
-    from .transcript import write_transcript
-
-    write_wav_atomic(plan.wav, result.pcm, SAMPLE_RATE)
-    if plan.stereo is not None:
-        write_stereo_wav_atomic(plan.stereo, src_pcm, result.pcm, SAMPLE_RATE)
-    text = session.text
-    opts = session.stepper.gen.opts
-    write_transcript(
-        plan.subtitles, plan.json, text.text.strip(), text.words, text.tokens,
-        model=model.name, model_type=model.cfg.moshi_mac.model_type, input=str(report.path),
-        input_audio={"sample_rate": report.sample_rate, "channels": report.channels,
-                     "duration": round(report.duration, 3)},
-        sample_rate=SAMPLE_RATE, frame_rate=FRAME_RATE, duration=round(result.duration, 3),
-        steps=result.steps, wall_s=round(result.wall_s, 3), pipelined=result.pipelined,
-        sampling={k: getattr(opts, k) for k in ("seed", "cfg_coef", "temp", "top_k", "temp_text",
-                                                  "top_k_text", "greedy")},
-        end_of_text=result.eos_reached,
-        interrupted=result.interrupted, ending=_ending(model, result))
+    info = InputInfo(str(report.path), report.sample_rate, report.channels, report.duration)
+    hooks = {} if progress is None else {"listeners": [progress.on_text],
+                                         "on_step": progress.on_step}
+    return run_pcm(model, pcm, options, info, max_tail_s=max_tail_s, pipelined=pipelined,
+                   slow_s=slow_s, **hooks)
 
 
 def main(args) -> int:
@@ -252,18 +217,17 @@ def main(args) -> int:
                           input_steps) as progress:
             if not progress.tty:
                 console.print(f"{what} {report.path.name}:", highlight=False)
-            session, result = translate_file(model, pcm, options, max_tail_s=args.max_tail,
-                                             pipelined=not args.sequential,
-                                             slow_s=args.debug_step_delay_ms / 1000,
-                                             progress=progress)
-        if progress.tty and session.text.text.strip():
-            console.print(session.text.text.strip(), highlight=False)
-        write_outputs(plan, model, session, result, pcm, report)
+            result = translate_file(model, pcm, report, options, max_tail_s=args.max_tail,
+                                    pipelined=not args.sequential,
+                                    slow_s=args.debug_step_delay_ms / 1000, progress=progress)
+        if progress.tty and result.text:
+            console.print(result.text, highlight=False)
+        result.write(wav=plan.wav, subtitles=plan.subtitles, json=plan.json, stereo=plan.stereo)
         wall = max(result.wall_s, 1e-9)
         rtf = f"{wall / (result.steps * FRAME_S):.2f}" if result.steps else "-"
         summary.add_row(report.path.name, f"{plan.wav.name} ({result.duration:.2f} s)",
                         str(result.steps), f"{wall:.1f} s", f"{result.steps / wall:.1f}", rtf,
-                        _ending(model, result))
+                        result.ending)
         console.print("[green]wrote[/] " + ", ".join(str(p) for p in plan.all()), highlight=False)
         if result.early_eos:
             console.print(f"[yellow]warning:[/] the model sampled the end of text "
