@@ -27,25 +27,30 @@ top_k_text, cfg, greedy, max_tail_s. `None` (the default) takes the model config
 (`[moshi_mac.generation]` in its config, see config/schema.py); a seed of None draws one.
 
 Stream contract (the web server builds on it; keep it stable):
-- `feed(pcm, sample_rate=None) -> list[Event]`: queue audio of any length, [samples] or
+- `feed(pcm, sample_rate=None) -> list[Event]`: add audio of any length, [samples] or
   [samples, channels], float or integer PCM. The rate of the first feed holds for the
-  whole stream (None: 24 kHz); other rates are resampled with a streaming resampler. It
-  does not wait for the model, which runs on the stream's own threads; it returns the
-  events that became ready since the last call.
-- `poll(timeout=0.0) -> list[Event]`: the events ready now, waiting up to `timeout`
-  seconds for at least one.
-- `close() -> list[Event]`: the end of the input (Hibiki: the end-of-input flush). Waits
-  for the model to finish; returns the last events. Calling it again returns [].
-- `cancel()`: stop now, without the flush (e.g. a client left); `close()` then returns
-  what was generated, and `result().interrupted` is True.
-- `result() -> Result`: after `close`, the whole run. Fed the same 24 kHz audio in chunks
-  of any lengths, it equals `Model.run` on that audio with the same seed, exactly.
-- `pending_frames`: input frames waiting for the model (growing: slower than real time).
+  whole stream (None: 24 kHz); other rates go through a streaming soxr resampler. The
+  model runs, on the calling thread (Mimi encode and decode overlap it on threads of
+  their own), over every complete 80 ms frame; `feed` returns when they are done, with
+  their events. A chunk shorter than a frame just waits in the buffer.
+- `close() -> list[Event]`: the end of the input: the last partial frame, zero-padded;
+  Hibiki then gets the end-of-input flush (the EOS frame, then silence until it ends its
+  translation, at most `max_tail_s`). Returns the last events; [] when called again.
+- `cancel()`: end without the flush (e.g. a client left); safe from another thread,
+  where it stops a running `feed` within a frame. `result().interrupted` is then True.
+- `result() -> Result`: after `close` (or `cancel`), the whole run. Fed the same audio
+  in chunks of any lengths, it equals `Model.run` on that audio with the same seed,
+  exactly, at any rate: soxr's streaming resampler, flushed by `close`, gives the samples
+  of its one-shot resampler (tests/test_api.py).
 - A context manager: `with model.stream() as s:` closes on exit, cancels on an exception.
+  Ctrl-C during a `feed` keeps what was generated, cancels the stream and re-raises.
 - `Event(kind, start, end, pcm, text)`: per output frame, an "audio" event (`pcm`: 1920
   float32 samples, 80 ms at 24 kHz) and, if the frame adds text, a "text" event (`text`:
-  the piece, with its leading space). start/end: seconds on the output audio's timeline.
-  A stream does no warm-up (it would change the random draws); the first frame compiles.
+  the piece, with its leading space); start/end: seconds on the output audio's timeline.
+  The output lags the input by the model's delay (a few frames).
+- One thread: MLX streams belong to the thread that made them, so call `feed` / `close`
+  of a model's streams (and `run`) from one thread, e.g. a single-thread executor in an
+  asyncio server. A stream does no warm-up (it would change the random draws).
 """
 
 from __future__ import annotations
@@ -211,6 +216,23 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({self.name!r}, {self.family}: {self.config.summary()})"
 
+    def encode(self, audio, sample_rate: int | None = None) -> np.ndarray:
+        """Mimi codes [codebooks, frames] (int32) of `audio` (a path or an array, as `run`
+        takes it), with the codebooks the model uses (`config.mimi_codebooks`)."""
+        from .codec import Mimi
+
+        pcm, _ = _audio_in(audio, sample_rate)
+        return Mimi(self.files.mimi, self.config.mimi_codebooks).encode(pcm)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Mimi codes [codebooks, frames] -> 24 kHz mono float32 audio."""
+        from .codec import Mimi
+
+        codes = np.asarray(codes)
+        if codes.ndim != 2:
+            raise MoshiMacError(f"codes must be [codebooks, frames], got shape {list(codes.shape)}")
+        return Mimi(self.files.mimi, codes.shape[0]).decode(codes)
+
     def run(self, audio, sample_rate: int | None = None, **sampling) -> Result:
         """Run the model over `audio`: a path (wav, mp3, flac, ogg) or a numpy array
         [samples] or [samples, channels] at `sample_rate` (default 24 kHz). Sampling
@@ -362,7 +384,6 @@ class Stream:
         events, self._events = self._events, []
         if res.interrupted:  # Ctrl-C: Session.run kept what was generated; stop the caller
             self._cancelled = True
-            self._source.end()
             raise KeyboardInterrupt
         return events
 
@@ -370,7 +391,7 @@ class Stream:
     def feed(self, pcm, sample_rate: int | None = None) -> list[Event]:
         """Add audio (any length); run the model over the complete frames; return their
         events."""
-        if self._source.ended:
+        if self._closed or self._cancelled:
             raise MoshiMacError("this stream is closed; start a new one with model.stream()")
         self._push(self._to_24k(pcm, sample_rate))
         return self._run()
@@ -391,7 +412,6 @@ class Stream:
     def cancel(self) -> None:
         """Stop without the flush; a `feed` running on another thread stops soon."""
         self._cancelled = True
-        self._source.end()
         if self._stop is not None:
             self._stop.set()
 
@@ -399,7 +419,7 @@ class Stream:
         """The whole run, once closed (see `Model.run`)."""
         if not (self._closed or self._cancelled):
             raise MoshiMacError("the stream is still open; call close() before result()")
-        last = self._last or self._session.run(self._source, pipelined=False)
+        last = self._last or self._session.run(lambda stop=None: None, pipelined=False)
         pcm = np.concatenate(self._audio) if self._audio else np.zeros(0, np.float32)
         res = replace(last, pcm=pcm, wall_s=self._wall_s,
                       interrupted=last.interrupted or self._cancelled)

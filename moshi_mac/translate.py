@@ -186,9 +186,9 @@ def main(args) -> int:
     from rich.table import Table
 
     from .audio_io import read_audio
-    from .cli import console
+    from .cli import console, gen_options
     from .codec import FRAME_SIZE
-    from .engine import gen_options, load_model
+    from .engine import load_model
 
     if args.max_tail < 0:
         raise MoshiMacError(f"--max-tail must be >= 0 seconds, got {args.max_tail}")
