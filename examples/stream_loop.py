@@ -18,10 +18,10 @@ import moshi_mac
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model")
-    p.add_argument("input")
-    p.add_argument("out", nargs="?", default="streamed.wav")
-    p.add_argument("--chunk-ms", type=float, default=100.0)
+    p.add_argument("model", help="a registry name or a model folder")
+    p.add_argument("input", help="an audio file, played as if it came from a microphone")
+    p.add_argument("out", nargs="?", default="streamed.wav", help="the speech, as a wav")
+    p.add_argument("--chunk-ms", type=float, default=100.0, help="audio per feed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tail-s", type=float, help="Hibiki: most silence after the input")
     args = p.parse_args()

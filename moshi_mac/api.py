@@ -322,6 +322,11 @@ class PushSource:
             self._add("eos", None)
             self._tail_left = self.max_tail_frames
 
+    @property
+    def ready(self) -> bool:
+        """A frame is waiting (or, after the end, Hibiki's tail is not over)."""
+        return bool(self._frames or self._tail_left)
+
     def __call__(self, stop: threading.Event | None = None) -> InFrame | None:
         if self._frames:
             return self._frames.popleft()
@@ -373,6 +378,8 @@ class Stream:
 
     def _run(self) -> list[Event]:
         """Step the model over every frame the source holds; return the new events."""
+        if not self._source.ready:  # less than a frame so far: nothing to run
+            return []
         self._stop = threading.Event()
         try:
             res = self._session.run(self._source, pipelined=True, stop=self._stop)
