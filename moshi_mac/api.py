@@ -23,8 +23,8 @@ both call `run_pcm`. Hibiki translates, feeding the end-of-input codes and then 
 until it ends its translation (at most `max_tail_s`); Moshi answers, as long as the input.
 
 Sampling options (`Sampling`), for `run` and `stream`: seed, temp, top_k, temp_text,
-top_k_text, cfg, greedy, max_tail_s. `None` (the default) takes the model config's value
-(`[moshi_mac.generation]` in its config, see config/schema.py); a seed of None draws one.
+top_k_text, cfg, greedy, max_tail_s. Left out (None), they take the model config's values
+(`[moshi_mac.generation]`, see config/schema.py); without a seed there, a run draws one.
 
 Stream contract (the web server builds on it; keep it stable):
 - `feed(pcm, sample_rate=None) -> list[Event]`: add audio of any length, [samples] or
@@ -141,17 +141,18 @@ def to_result(model: LoadedModel, session: Session, res: SessionResult, input_pc
 
 def run_pcm(model: LoadedModel, pcm: np.ndarray, options, info: InputInfo, *,
             max_tail_s: float = DEFAULT_MAX_TAIL_S, pipelined: bool = True,
-            slow_s: float = 0.0, listeners=(), on_step=None) -> Result:
+            slow_s: float = 0.0, listeners=(), on_step=None,
+            stop: threading.Event | None = None) -> Result:
     """Run 24 kHz mono `pcm` through a fresh session: Hibiki with the end-of-input flush
     (at most `max_tail_s` of silence), Moshi for as long as the input. `listeners` and
-    `on_step` are the session's hooks (translate's progress display). Ctrl-C ends it with a
-    valid partial result (`interrupted`)."""
+    `on_step` are the session's hooks (translate's progress display); setting `stop` ends
+    the run early. Ctrl-C ends it with a valid partial result (`interrupted`)."""
     from .engine import FileSource
 
     source = FileSource(pcm, flush=model.is_hibiki, max_tail_frames=tail_frames(max_tail_s))
     session = make_session(model, options, slow_s=slow_s)
     session.listeners.extend(listeners)
-    res = session.run(source, pipelined=pipelined, on_step=on_step)
+    res = session.run(source, pipelined=pipelined, on_step=on_step, stop=stop)
     return to_result(model, session, res, pcm, info)
 
 
@@ -195,7 +196,7 @@ class Model:
 
     @property
     def family(self) -> str:
-        """"hibiki" (translates its input) or "moshi" (answers it)."""
+        """The model type: "hibiki" (translates its input) or "moshi" (answers it)."""
         return self.loaded.cfg.moshi_mac.model_type
 
     @property
@@ -236,7 +237,8 @@ class Model:
     def run(self, audio, sample_rate: int | None = None, **sampling) -> Result:
         """Run the model over `audio`: a path (wav, mp3, flac, ogg) or a numpy array
         [samples] or [samples, channels] at `sample_rate` (default 24 kHz). Sampling
-        options: see `Sampling`."""
+        options: see `Sampling`. Ctrl-C stops it early: the Result then holds what was
+        generated (`interrupted` is True)."""
         s = Sampling.from_kwargs(sampling)
         pcm, info = _audio_in(audio, sample_rate)
         return run_pcm(self.loaded, pcm, s.gen_options(), info, max_tail_s=s.tail_s)
