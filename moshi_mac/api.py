@@ -48,9 +48,11 @@ Stream contract (the web server builds on it; keep it stable):
   float32 samples, 80 ms at 24 kHz) and, if the frame adds text, a "text" event (`text`:
   the piece, with its leading space); start/end: seconds on the output audio's timeline.
   The output lags the input by the model's delay (a few frames).
-- One thread: MLX streams belong to the thread that made them, so call `feed` / `close`
-  of a model's streams (and `run`) from one thread, e.g. a single-thread executor in an
-  asyncio server. A stream does no warm-up (it would change the random draws).
+- One thread: MLX streams belong to the thread that made them, so a stream computes on
+  the thread of its first `feed`; `feed` and `close` from another thread after that are
+  refused (a one-line MoshiMacError). In an asyncio server, make
+  the stream anywhere and feed it from a single-thread executor. A stream does no warm-up
+  (it would change the random draws).
 """
 
 from __future__ import annotations
@@ -350,9 +352,9 @@ class Stream:
         self.sampling = sampling
         loaded = model.loaded
         self._source = PushSource(loaded.is_hibiki, tail_frames(sampling.tail_s))
-        # The session keeps no audio: the stream does (no copy of all of it per feed).
-        self._session = make_session(loaded, sampling.gen_options(), keep_audio=False)
-        self._session.listeners.append(self._on_output)
+        self._session = self._new_session()  # made here too, so bad options fail here
+        self._thread = threading.get_ident()  # the thread the session computes on
+        self._fed = False
         self._keep_audio = keep_audio
         self._events: list[Event] = []
         self._audio: list[np.ndarray] = []  # the output, when kept
@@ -368,6 +370,26 @@ class Stream:
         self._closed = False
 
     # -- the model side ---------------------------------------------------------------------
+    def _new_session(self) -> Session:
+        # The session keeps no audio: the stream does (no copy of all of it per feed).
+        session = make_session(self.model.loaded, self.sampling.gen_options(), keep_audio=False)
+        session.listeners.append(self._on_output)
+        return session
+
+    def _check_thread(self) -> None:
+        """MLX streams belong to the thread that made them: the first `feed` makes the
+        session again on its thread if the stream was made on another one; later calls
+        must come from that thread."""
+        here = threading.get_ident()
+        if here != self._thread:
+            if self._fed:
+                raise MoshiMacError("feed and close a stream from one thread (MLX computes "
+                                    "on the thread of its first feed), e.g. a single-thread "
+                                    "executor")
+            self._session = self._new_session()
+            self._thread = here
+        self._fed = True
+
     def _on_output(self, pcm, out, added: str) -> None:
         """Session listener (its decode thread)."""
         start = out.index * FRAME_S
@@ -402,6 +424,7 @@ class Stream:
         events."""
         if self._closed or self._cancelled:
             raise MoshiMacError("this stream is closed; start a new one with model.stream()")
+        self._check_thread()
         self._push(self._to_24k(pcm, sample_rate))
         return self._run()
 
@@ -411,6 +434,7 @@ class Stream:
         if self._closed or self._cancelled:
             self._closed = True
             return []
+        self._check_thread()
         if self._resampler is not None:
             self._push(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
         self._source.end()

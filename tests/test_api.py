@@ -210,6 +210,28 @@ def test_cancel_and_context_manager_on_error(hibiki, speech):
     assert stream.close() == []
 
 
+def test_a_stream_computes_on_one_thread(hibiki):
+    import threading
+
+    stream = hibiki.stream(seed=0, max_tail_s=0)
+    assert stream.feed(np.zeros(500, np.float32)) == []  # not a frame yet: nothing runs
+    stream.feed(np.zeros(2000, np.float32))  # this thread runs the model now
+    errors = []
+
+    def feed_elsewhere():
+        try:
+            stream.feed(np.zeros(1920, np.float32))
+        except MoshiMacError as e:
+            errors.append(str(e))
+
+    worker = threading.Thread(target=feed_elsewhere)
+    worker.start()
+    worker.join()
+    assert len(errors) == 1 and "one thread" in errors[0]
+    stream.close()
+    assert stream.result().steps == 4  # 2500 samples: 2 frames, the first fed twice; EOS
+
+
 def test_quantize_on_load_equals_a_quantized_file(make_model):
     """q8 on load from the float file = the q8 file made from the same random weights."""
     on_load = moshi_mac.load(make_model("hibiki-1b"), quantize="q8", dtype="float32")
