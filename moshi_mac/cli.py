@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that add their own subcommands with `register(subparsers)`; each handler is
 # `main(args) -> int`. Heavy imports stay inside the handlers so `--help` is fast.
-COMMAND_MODULES = ["translate", "live", "doctor", "convert", "bench"]
+COMMAND_MODULES = ["translate", "live", "doctor", "convert", "bench", "serve"]
 
 
 def _command_module(name: str):

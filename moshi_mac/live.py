@@ -34,6 +34,19 @@ ECHO_THRESHOLD_RMS = 0.01  # model output louder than this counts as speaking
 ECHO_HOLD_S = 0.25  # the guard stays on this long after the output went quiet
 
 
+def add_latency_args(g) -> None:
+    """The bounded-latency flags, shared with `serve` (checked by `check_latency_args`)."""
+    g.add_argument("--jitter-ms", type=float, default=160,
+                   help="audio queued before the speaker starts (default 160)")
+    g.add_argument("--max-buffer-ms", type=float, default=480,
+                   help="most audio queued for the speaker; older audio is dropped (default 480)")
+    g.add_argument("--max-lag-ms", type=float, default=400,
+                   help="how far the model may fall behind the microphone before input "
+                        "frames are given up (default 400)")
+    g.add_argument("--lag-policy", choices=LAG_MODES, default="skip",
+                   help="past --max-lag-ms: skip late frames, or merge them into one (sped up)")
+
+
 def register(subparsers) -> None:
     from .cli import add_generation_args, add_model_args
 
@@ -46,15 +59,7 @@ def register(subparsers) -> None:
     g.add_argument("--output-device", help="index or part of the name (see `moshi-mac devices`)")
     g.add_argument("--device-latency", choices=["low", "high"], default="low",
                    help="PortAudio latency setting for both streams (default low)")
-    g.add_argument("--jitter-ms", type=float, default=160,
-                   help="audio queued before the speaker starts (default 160)")
-    g.add_argument("--max-buffer-ms", type=float, default=480,
-                   help="most audio queued for the speaker; older audio is dropped (default 480)")
-    g.add_argument("--max-lag-ms", type=float, default=400,
-                   help="how far the model may fall behind the microphone before input "
-                        "frames are given up (default 400)")
-    g.add_argument("--lag-policy", choices=LAG_MODES, default="skip",
-                   help="past --max-lag-ms: skip late frames, or merge them into one (sped up)")
+    add_latency_args(g)
     g.add_argument("--echo-guard", action="store_true",
                    help="turn the microphone down while the model speaks (for laptop speakers; "
                         "not echo cancellation)")
@@ -392,12 +397,16 @@ class LiveScreen:
 # The command
 # ---------------------------------------------------------------------------------------
 
-def _check_args(args) -> None:
-    for name in ("jitter_ms", "max_buffer_ms", "max_lag_ms", "echo_guard_db"):
+def check_latency_args(args, names=("jitter_ms", "max_buffer_ms", "max_lag_ms")) -> None:
+    for name in names:
         if getattr(args, name) < 0:
             raise MoshiMacError(f"--{name.replace('_', '-')} must be >= 0")
     if args.max_buffer_ms < args.jitter_ms + 80:
         raise MoshiMacError("--max-buffer-ms must be at least --jitter-ms + 80 (one frame)")
+
+
+def _check_args(args) -> None:
+    check_latency_args(args, ("jitter_ms", "max_buffer_ms", "max_lag_ms", "echo_guard_db"))
     if args.duration is not None and args.duration <= 0:
         raise MoshiMacError("--duration must be positive")
 
