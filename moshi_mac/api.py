@@ -251,9 +251,10 @@ class Model:
         return Stream(self, Sampling.from_kwargs(sampling), keep_audio=keep_audio)
 
 
-def load(name_or_folder: str | Path, *, quantize: str | None = None, dtype=None) -> Model:
-    """Load a model: a registry name (see `moshi-mac models`; downloaded on first use) or
-    a model folder (config, LM weights, Mimi, tokenizer). `quantize`: "q8" or "q4" to
+def load(name_or_repo_or_folder: str | Path, *, quantize: str | None = None, dtype=None) -> Model:
+    """Load a model, resolved as `--model` resolves it: a registry name (see `moshi-mac
+    models`; downloaded on first use), a Hugging Face repo id where the resolver knows
+    them, or a model folder (config, LM weights, Mimi, tokenizer). `quantize`: "q8" or "q4" to
     quantize full-precision weights as they load. `dtype`: the activation dtype, an
     `mx.Dtype` or its name ("bfloat16", "float32"); default: `weights.default_dtype`."""
     from .engine import load_model
@@ -264,7 +265,7 @@ def load(name_or_folder: str | Path, *, quantize: str | None = None, dtype=None)
         if dtype not in ("bfloat16", "float16", "float32"):
             raise MoshiMacError(f"dtype must be bfloat16, float16 or float32, got {dtype!r}")
         dtype = getattr(mx, dtype)
-    return Model(load_model(str(name_or_folder), quantize=quantize, dtype=dtype))
+    return Model(load_model(str(name_or_repo_or_folder), quantize=quantize, dtype=dtype))
 
 
 def score(model, codes, conditions: list[dict[str, str]] | None = None):
