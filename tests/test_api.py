@@ -6,6 +6,7 @@ file, user mistakes are one-line errors, and the examples/ scripts run."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -260,7 +261,7 @@ def test_score_takes_a_model(hibiki):
 def _example(name: str, *args) -> str:
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / name), *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT, timeout=600,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
