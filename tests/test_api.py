@@ -78,9 +78,13 @@ def _check_same(result: moshi_mac.Result, ref: moshi_mac.Result) -> None:
     assert result.sampling == ref.sampling
 
 
-def test_run_result(reference, speech):
+def test_run_result(hibiki, reference, speech):
     pcm, report = read_audio(speech)
     r = reference
+    gen = hibiki.config.moshi_mac.generation  # options left out: the model config's values
+    assert (r.sampling["temp"], r.sampling["top_k"], r.sampling["temp_text"],
+            r.sampling["top_k_text"], r.sampling["cfg_coef"]) == \
+        (gen.temp, gen.top_k, gen.temp_text, gen.top_k_text, gen.cfg_coef)
     assert r.sample_rate == 24000 and r.pcm.dtype == np.float32 and r.pcm.ndim == 1
     assert r.model_type == "hibiki" and r.text and r.words and r.tokens
     # input + the double first frame + the EOS frame + at most MAX_TAIL of silence - delays
