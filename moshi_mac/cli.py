@@ -22,7 +22,8 @@ err_console = Console(stderr=True)
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (one of)")
-    g.add_argument("--model", "-m", help="registry name (see `moshi-mac models`)")
+    g.add_argument("--model", "-m", help="registry name (see `moshi-mac models`) or Hugging Face "
+                                         "repo id (e.g. kyutai/hibiki-1b-mlx-bf16)")
     g.add_argument("--weights", "-w", type=Path, help="a model folder: config, LM weights, Mimi, tokenizer")
 
 
@@ -74,7 +75,7 @@ def cmd_download(args) -> int:
 
     for name in args.names:
         files = registry.ensure(name)
-        console.print(f"[green]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in files.items()))
+        console.print(f"[green]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in files.paths().items()))
     return 0
 
 

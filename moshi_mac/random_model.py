@@ -26,22 +26,34 @@ from .models.lm import Lm
 TINY_TEXT_VOCAB = 1000
 
 
+TINY_WIDTH = 64  # the q8 group size: every tiny linear and embedding is quantizable
+
+
+def _tiny_mlp(t, d_model: int) -> None:
+    """Shrink `t`'s feed-forward with `t.d_model`, keeping the real hidden/d_model ratio
+    and a hidden width that is a multiple of TINY_WIDTH (so `linear_out` quantizes, as it
+    does at the real widths)."""
+    hidden = max(1, round(t.mlp_hidden / t.d_model * d_model / TINY_WIDTH)) * TINY_WIDTH
+    t.d_model = d_model
+    t.dim_feedforward = hidden if t.gating is None else 3 * hidden // 2
+    assert t.mlp_hidden == hidden, (t.mlp_hidden, hidden)
+
+
 def tiny_config(cfg: LmConfig, text_vocab: int = TINY_TEXT_VOCAB) -> LmConfig:
     """Shrink the LM, keeping every trait that matters for parity: GQA ratio, RoPE
     layout, schedule, depformer norm, conditioner, delays and the codebook counts (Mimi
-    and its 2048-entry codebooks stay real)."""
+    and its 2048-entry codebooks stay real). Every width is a multiple of 64, so a tiny
+    q8 (group 64) or q4 (group 32) model quantizes exactly the modules the official
+    files quantize, the depformer included (the LUT conditioner never)."""
     cfg = copy.deepcopy(cfg)
     t = cfg.transformer
-    ratio = t.dim_feedforward / t.d_model
-    t.d_model, t.num_heads, t.num_layers = 64, 4, 2
-    t.num_heads = max(t.num_heads, t.kv_repeat)
-    t.dim_feedforward = int(ratio * t.d_model)
+    _tiny_mlp(t, TINY_WIDTH)
+    t.num_heads, t.num_layers = max(4, t.kv_repeat), 2
     t.context = 32
     if cfg.depformer is not None:
         d = cfg.depformer.transformer
-        ratio = d.dim_feedforward / d.d_model
-        d.d_model, d.num_heads, d.num_layers = 32, max(2, d.kv_repeat), 2
-        d.dim_feedforward = int(ratio * d.d_model)
+        _tiny_mlp(d, TINY_WIDTH)
+        d.num_heads, d.num_layers = max(2, d.kv_repeat), 2
         if cfg.depformer.low_rank_embeddings:
             cfg.depformer.low_rank_embeddings = 16
     for c in cfg.conditioners.values():

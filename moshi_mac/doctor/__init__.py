@@ -265,7 +265,9 @@ def _registry_reference(name: str) -> tuple[Path | None, str]:
     """The bf16 weights of a quantized registry entry's sibling, when on disk."""
     from .. import registry
 
-    entry = registry.get_entry(name)
+    entry = registry.lookup(name)
+    if entry is None:
+        return None, "not a registry model (pass --reference DIR)"
     if entry.quantization == "bf16":
         return None, "the model is bf16"
     sibling = registry.REGISTRY.get(entry.name.replace(f"-{entry.quantization}", "-bf16"))
@@ -274,7 +276,7 @@ def _registry_reference(name: str) -> tuple[Path | None, str]:
     found = registry.local_files(sibling)
     if found is None:
         return None, f"no bf16 weights present (`moshi-mac download {sibling.name}` to compare)"
-    return Path(found["weights"]), ""
+    return found.weights, ""
 
 
 def resolve_for_doctor(model: str | None, weights: Path | None, reference: Path | None,
