@@ -3,7 +3,7 @@
 The Python API (api.py; the README's "Python API"):
 
     import moshi_mac
-    model = moshi_mac.load("hibiki-1b-mlx-q8")   # or a model folder
+    model = moshi_mac.load("hibiki-1b-bf16")     # or a repo id, or a model folder
     result = model.run("talk.wav", seed=0)         # or a numpy array and its sample_rate
     result.save("talk-out")                        # .wav, .srt, .json, as `translate` writes
     with model.stream(seed=0) as stream: ...       # feed() chunks, close(); see api.py

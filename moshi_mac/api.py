@@ -2,7 +2,7 @@
 
     import moshi_mac
 
-    model = moshi_mac.load("hibiki-1b-mlx-q8")      # a registry name or a model folder
+    model = moshi_mac.load("hibiki-1b-bf16", quantize="q8")  # a name, a repo id or a folder
     result = model.run(pcm, sample_rate=16000, seed=0)  # a numpy array, or a file path
     print(result.text)                               # .pcm (24 kHz), .words, .tokens
     result.save("out/talk")                          # out/talk.wav, .srt, .json
@@ -252,9 +252,10 @@ class Model:
 
 
 def load(name_or_repo_or_folder: str | Path, *, quantize: str | None = None, dtype=None) -> Model:
-    """Load a model, resolved as `--model` resolves it: a registry name (see `moshi-mac
-    models`; downloaded on first use), a Hugging Face repo id where the resolver knows
-    them, or a model folder (config, LM weights, Mimi, tokenizer). `quantize`: "q8" or "q4" to
+    """Load a model, resolved as `--model` resolves it (modeldir.resolve): a registry name
+    (see `moshi-mac models`), a Hugging Face repo id (e.g. "kyutai/hibiki-1b-mlx-bf16"),
+    both downloaded on first use, or a model folder (config, LM weights, Mimi, tokenizer).
+    `quantize`: "q8" or "q4" to
     quantize full-precision weights as they load. `dtype`: the activation dtype, an
     `mx.Dtype` or its name ("bfloat16", "float32"); default: `weights.default_dtype`."""
     from .engine import load_model
