@@ -221,6 +221,9 @@ class TextAssembler:
 # The session
 # ---------------------------------------------------------------------------------------
 
+STAGE_NAMES = {"lm": "LM", "encode": "Mimi encode", "decode": "Mimi decode"}  # for messages
+
+
 @dataclass
 class StageTimes:
     """Seconds spent and calls made per stage (each stage is written by one thread)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .codec import MIMI_FILE
 from .config import LmConfig
 from .errors import MoshiMacError
 from .models.lm import Lm
@@ -82,7 +83,6 @@ def random_lm_tensors(cfg: LmConfig, seed: int = 0, dtype=mx.bfloat16) -> dict[s
 
 
 LM_FILE = {"bf16": "model.safetensors", "q8": "model.q8.safetensors", "q4": "model.q4.safetensors"}
-MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 
 
 @dataclass
@@ -98,9 +98,11 @@ def make_random_model(config: LmConfig, out: str | Path, *, tiny: bool = False,
                       quantize: str | None = None, layout: str = "mlx", seed: int = 0,
                       force: bool = False, header: str = "",
                       mimi: str | Path | None = None) -> RandomModel:
-    """Write a complete random model directory (see the module docstring). `mimi` reuses
-    an existing Mimi checkpoint (hard-linked when possible) instead of a random one."""
-    from .mimi_random import write_random_mimi
+    """Write a complete random model directory (see the module docstring). The random
+    Mimi of the seed is built once in the user's cache folder and linked in (see
+    `mimi_random.link_random_mimi`); `mimi` uses an existing checkpoint instead
+    (hard-linked when possible)."""
+    from .mimi_random import link_random_mimi
     from .modeldir import link_or_copy
     from .tokenizer import train_random_tokenizer
     from .safetensors_io import save_safetensors_streamed
@@ -133,7 +135,7 @@ def make_random_model(config: LmConfig, out: str | Path, *, tiny: bool = False,
         weights = work / LM_FILE[quantize or "bf16"]
         save_safetensors_streamed(weights, tensors, {"format": "pt" if layout == "pytorch" else "mlx"})
         if mimi is None:
-            write_random_mimi(work / MIMI_FILE, seed=seed, num_codebooks=32)
+            link_random_mimi(work / MIMI_FILE, seed=seed)
         else:
             link_or_copy(mimi, work / MIMI_FILE)
         tok = train_random_tokenizer(work / f"tokenizer_spm_{cfg.text_out_vocab_size}",
