@@ -141,20 +141,31 @@ def to_result(model: LoadedModel, session: Session, res: SessionResult, input_pc
                   input=info, input_pcm=input_pcm, stage_ms=res.stage_ms)
 
 
-def run_pcm(model: LoadedModel, pcm: np.ndarray, options, info: InputInfo, *,
-            max_tail_s: float = DEFAULT_MAX_TAIL_S, pipelined: bool = True,
-            slow_s: float = 0.0, listeners=(), on_step=None,
-            stop: threading.Event | None = None) -> Result:
+def run_session(model: LoadedModel, pcm: np.ndarray, options, *,
+                max_tail_s: float = DEFAULT_MAX_TAIL_S, pipelined: bool = True,
+                slow_s: float = 0.0, listeners=(), on_step=None,
+                stop: threading.Event | None = None) -> tuple[Session, SessionResult]:
     """Run 24 kHz mono `pcm` through a fresh session: Hibiki with the end-of-input flush
     (at most `max_tail_s` of silence), Moshi for as long as the input. `listeners` and
     `on_step` are the session's hooks (translate's progress display); setting `stop` ends
-    the run early. Ctrl-C ends it with a valid partial result (`interrupted`)."""
+    the run early. Ctrl-C ends it with a valid partial result (`interrupted`). A
+    NonFiniteError carries the session (`.session`) and what was made (`.partial`)."""
     from .engine import FileSource
+    from .errors import NonFiniteError
 
     source = FileSource(pcm, flush=model.is_hibiki, max_tail_frames=tail_frames(max_tail_s))
     session = make_session(model, options, slow_s=slow_s)
     session.listeners.extend(listeners)
-    res = session.run(source, pipelined=pipelined, on_step=on_step, stop=stop)
+    try:
+        return session, session.run(source, pipelined=pipelined, on_step=on_step, stop=stop)
+    except NonFiniteError as e:
+        e.session = session
+        raise
+
+
+def run_pcm(model: LoadedModel, pcm: np.ndarray, options, info: InputInfo, **kwargs) -> Result:
+    """`run_session` (the path of `moshi-mac translate`) as a Result."""
+    session, res = run_session(model, pcm, options, **kwargs)
     return to_result(model, session, res, pcm, info)
 
 
@@ -167,7 +178,7 @@ def _audio_in(audio, sample_rate: int | None) -> tuple[np.ndarray, InputInfo]:
             raise MoshiMacError("sample_rate is for arrays; a file's rate is read from the file")
         pcm, report = read_audio(audio)
         return pcm, InputInfo(str(report.path), report.sample_rate, report.channels,
-                              report.duration)
+                              report.duration, report.cleaned.nonfinite + report.cleaned.clipped)
     rate = SAMPLE_RATE if sample_rate is None else int(sample_rate)
     arr = np.asarray(audio)
     pcm = to_mono(arr, rate)
@@ -438,7 +449,8 @@ class Stream:
             return []
         self._check_thread()
         if self._resampler is not None:
-            self._push(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+            last = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            self._push(np.clip(last, -1.0, 1.0))
         self._source.end()
         events = self._run()
         self._closed = True
@@ -492,7 +504,7 @@ class Stream:
 
                 self._resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32",
                                                       quality="HQ")
-            mono = self._resampler.resample_chunk(mono)
+            mono = np.clip(self._resampler.resample_chunk(mono), -1.0, 1.0)  # as read_audio
         return mono
 
     def _push(self, pcm: np.ndarray) -> None:

@@ -36,10 +36,11 @@ class InputInfo:
     sample_rate: int
     channels: int
     duration: float  # seconds
+    cleaned_samples: int = 0  # NaN/Inf or out-of-range samples set right (guards.py)
 
     def as_dict(self) -> dict:
         return {"sample_rate": self.sample_rate, "channels": self.channels,
-                "duration": round(self.duration, 3)}
+                "duration": round(self.duration, 3), "cleaned_samples": self.cleaned_samples}
 
 
 @dataclass
@@ -87,13 +88,13 @@ class Result:
                     frame_rate=FRAME_RATE, duration=round(self.duration, 3), steps=self.steps,
                     wall_s=round(self.wall_s, 3), pipelined=self.pipelined,
                     sampling=dict(self.sampling), end_of_text=self.eos_reached,
-                    interrupted=self.interrupted, ending=self.ending)
+                    partial=self.interrupted, interrupted=self.interrupted, ending=self.ending)
 
     def write(self, *, wav: Path | None = None, subtitles: Path | None = None,
               json: Path | None = None, stereo: Path | None = None) -> list[Path]:
         """Write the given files (subtitles: .srt or .vtt by its suffix); return them."""
         from .audio_io import write_stereo_wav_atomic, write_wav_atomic
-        from .transcript import write_subtitles, write_transcript_json
+        from .transcript import transcript_files, write_text_atomic
 
         written = []
         if wav is not None:
@@ -101,11 +102,11 @@ class Result:
         if stereo is not None:
             written.append(write_stereo_wav_atomic(stereo, self.input_pcm, self.pcm,
                                                    self.sample_rate))
-        if subtitles is not None:
-            written.append(write_subtitles(subtitles, self.words))
-        if json is not None:
-            written.append(write_transcript_json(json, self.text, self.words, self.tokens,
-                                                 **self.transcript_meta()))
+        if subtitles is not None or json is not None:
+            texts = transcript_files(subtitles or Path("unused.srt"), json or Path("unused.json"),
+                                     self.text, self.words, self.tokens,
+                                     **self.transcript_meta())
+            written += [write_text_atomic(p, texts[p]) for p in (subtitles, json) if p is not None]
         return written
 
     def save(self, path_prefix: str | Path, formats=DEFAULT_FORMATS) -> list[Path]:
