@@ -84,7 +84,6 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> tuple[np.nda
     """Read an audio file as mono float32 at `sample_rate`, NaN/Inf samples set to 0 and
     clipped to [-1, 1]; return (pcm, report)."""
     import soundfile as sf
-    import soxr
 
     path = Path(path)
     _check_input(path)
@@ -97,12 +96,32 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> tuple[np.nda
     report = AudioReport(path=path, sample_rate=int(rate), channels=data.shape[1],
                          duration=data.shape[0] / rate, target_rate=sample_rate,
                          cleaned=SanitizeReport(int(rate)))
+    return to_mono(data, int(rate), sample_rate, report.cleaned), report
+
+
+def to_mono(audio: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE,
+            report: SanitizeReport | None = None) -> np.ndarray:
+    """Samples [n] or [n, channels] at `rate` (float, or integer PCM scaled to [-1, 1])
+    -> mono float32 at `sample_rate`: NaN/Inf set to 0 and clipped (guards.py), channels
+    averaged, soxr high-quality resampling (clipped again)."""
+    import soxr
+
+    audio = np.asarray(audio)
+    if audio.ndim not in (1, 2) or audio.dtype.kind not in "fiu":
+        raise UsageError(f"audio must be numbers shaped [samples] or [samples, channels], "
+                         f"got {audio.dtype} {list(audio.shape)}")
+    if audio.dtype.kind in "iu":
+        half = 2.0 ** (8 * audio.dtype.itemsize - 1)  # int16: 32768
+        audio = (audio.astype(np.float64) - (half if audio.dtype.kind == "u" else 0.0)) / half
+    if rate <= 0:
+        raise UsageError(f"the sample rate must be a positive number of Hz, got {rate}")
+    data = audio.reshape(audio.shape[0], -1) if audio.ndim == 2 else audio[:, None]
     # Cleaned before mixing and resampling, which would spread a NaN over its neighbours.
-    data = sanitize_pcm(data, report.cleaned)
+    data = sanitize_pcm(data, report)
     pcm = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if rate != sample_rate:
+    if rate != sample_rate and pcm.size:
         pcm = np.clip(soxr.resample(pcm, rate, sample_rate, quality="HQ"), -1.0, 1.0)
-    return np.ascontiguousarray(pcm, dtype=np.float32), report
+    return np.ascontiguousarray(pcm, dtype=np.float32)
 
 
 def _write(path: str | Path, frames: np.ndarray, sample_rate: int, subtype: str) -> Path:

@@ -76,6 +76,55 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weights", "-w", type=Path, help="a model folder: config, LM weights, Mimi, tokenizer")
 
 
+def shipped_generation_values(name: str) -> str:
+    """The value of `[moshi_mac.generation]` field `name` in the shipped model configs, for
+    `--help`: "0.8", or "0.8 (hibiki-1b), 0.9 (moshi-7b)" when they differ."""
+    import tomllib
+    from dataclasses import fields
+
+    from .config import GenerationConfig
+    from .registry import config_dir
+
+    default = {f.name: f.default for f in fields(GenerationConfig)}[name]
+    values = {}
+    for path in sorted(config_dir().glob("*.toml")):
+        gen = tomllib.loads(path.read_text()).get("moshi_mac", {}).get("generation", {})
+        values[path.stem] = gen.get(name, default)
+    if len(set(values.values())) <= 1:
+        return f"{next(iter(values.values()), default)}"
+    return ", ".join(f"{v} ({k})" for k, v in values.items())
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    def default(name: str) -> str:
+        return f"default: from the model config: {shipped_generation_values(name)}"
+
+    g = p.add_argument_group("sampling (defaults: the model config's [moshi_mac.generation])")
+    g.add_argument("--temp", type=float, help=f"audio temperature ({default('temp')})")
+    g.add_argument("--temp-text", type=float, help=f"text temperature ({default('temp_text')})")
+    g.add_argument("--top-k", type=int, help=f"audio top-k ({default('top_k')})")
+    g.add_argument("--top-k-text", type=int, help=f"text top-k ({default('top_k_text')})")
+    g.add_argument("--cfg", type=float, dest="cfg_coef", metavar="COEF",
+                   help="classifier-free guidance coefficient (Hibiki 1B/2B; e.g. 3; 1 = off; "
+                        f"{default('cfg_coef')})")
+    g.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
+    g.add_argument("--seed", type=int,
+                   help=f"random seed: the same seed gives the same output ({default('seed')})")
+    e = p.add_argument_group("engine")
+    e.add_argument("--sequential", action="store_true",
+                   help="run Mimi and the LM in turn on one thread (default: Mimi encode and "
+                        "decode on their own threads, overlapped with the LM)")
+    e.add_argument("--debug-step-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+
+
+def gen_options(args):
+    from .generate import GenOptions
+
+    return GenOptions(temp=args.temp, temp_text=args.temp_text, top_k=args.top_k,
+                      top_k_text=args.top_k_text, cfg_coef=args.cfg_coef, greedy=args.greedy,
+                      seed=args.seed)
+
+
 def cmd_models(args) -> int:
     from . import registry
 

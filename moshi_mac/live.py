@@ -56,7 +56,7 @@ def add_latency_args(g) -> None:
 
 def register(subparsers) -> None:
     from .cli import add_model_args
-    from .engine import add_generation_args
+    from .cli import add_generation_args
 
     p = subparsers.add_parser(
         "live", help="real-time conversation (Moshi) or translation (Hibiki) with mic and speaker",
@@ -508,7 +508,8 @@ def main(args) -> int:
     from rich.table import Table
 
     from .cli import console, print_stopped, print_warning
-    from .engine import FRAME_S, Session, gen_options, load_model
+    from .cli import gen_options
+    from .engine import FRAME_S, Session, load_model
     from .live_status import Pace
     from .paths import cache_dir
     from .signals import current

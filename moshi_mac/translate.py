@@ -33,12 +33,12 @@ from .outputs import OutputSet
 from .transcript import FORMATS
 from .tables import Column
 
-DEFAULT_MAX_TAIL_S = 15.0
+from .api import DEFAULT_MAX_TAIL_S  # noqa: E402  (its home is api.py)
 
 
 def register(subparsers) -> None:
     from .cli import add_model_args
-    from .engine import add_generation_args
+    from .cli import add_generation_args
 
     p = subparsers.add_parser(
         "translate", help="translate audio files (Hibiki) or answer them (Moshi)",
@@ -191,19 +191,15 @@ def translate_file(model, pcm, options, *, max_tail_s: float, pipelined: bool,
                    stop: threading.Event | None = None):
     """Run one input through a fresh session; return (session, result, error): `error` is
     a `NonFiniteError` that stopped the run, `result` then what was made before it."""
-    from .engine import FileSource, Session
+    from .api import run_session
 
-    hibiki = model.is_hibiki
-    source = FileSource(pcm, flush=hibiki, max_tail_frames=math.ceil(max_tail_s / FRAME_S))
-    session = Session(model, options, stop_on_eos=hibiki, slow_s=slow_s)
-    on_step = None
-    if progress is not None:
-        session.listeners.append(progress.on_text)
-        on_step = progress.on_step
-    try:
-        return session, session.run(source, pipelined=pipelined, on_step=on_step, stop=stop), None
+    hooks = {} if progress is None else {"listeners": [progress.on_text],
+                                         "on_step": progress.on_step}
+    try:  # the path of Model.run
+        return (*run_session(model, pcm, options, max_tail_s=max_tail_s, pipelined=pipelined,
+                             slow_s=slow_s, stop=stop, **hooks), None)
     except NonFiniteError as e:
-        return session, e.partial, e
+        return e.session, e.partial, e
 
 
 def _ending(model, result) -> str:
@@ -317,7 +313,8 @@ def _run(args, jobs: list[Job], failed: list[tuple[Path, str]], guard) -> int:
     from .audio_io import read_audio
     from .cli import console, print_stopped, print_warning
     from .codec import FRAME_SIZE
-    from .engine import gen_options, load_model
+    from .cli import gen_options
+    from .engine import load_model
 
     with console.status("loading the model"):
         model = load_model(args.model, args.weights)

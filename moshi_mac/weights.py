@@ -21,7 +21,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .config import LmConfig
-from .errors import WeightsMismatchError
+from .errors import MoshiMacError, WeightsMismatchError
 from .models.lm import Lm
 from .quant import QUANT_PRESETS  # noqa: F401  (the presets' home is quant.py)
 from .safetensors_io import TensorInfo
@@ -453,15 +453,26 @@ def cast_floats(model: Lm, dtype) -> None:
 
 
 def load_lm(path: str | Path, cfg: LmConfig, cfg_name: str = "config", dtype=None,
-            expect_quant: str | None = None) -> tuple[Lm, CheckReport]:
-    """Check, then build the model with the file's tensors (memory-mapped by MLX)."""
+            expect_quant: str | None = None, quantize: str | None = None) -> tuple[Lm, CheckReport]:
+    """Check, then build the model with the file's tensors (memory-mapped by MLX);
+    `quantize` (a QUANT_PRESETS name) quantizes full-precision weights as they load."""
     report = check_weights(path, cfg, cfg_name, expect_quant)
-    dtype = dtype or default_dtype(cfg, quantized=bool(report.quantization.modules))
+    model = Lm(cfg)
+    quant = report.quantization
+    if quantize is not None:
+        if quantize not in QUANT_PRESETS:
+            raise MoshiMacError(f"quantize must be one of {', '.join(QUANT_PRESETS)}, got {quantize!r}")
+        if quant.modules:
+            raise MoshiMacError(f"{Path(path).name} is already {quant.label}; load it without "
+                                f"quantize, or quantize its bf16 weights")
+        quant = quantization_plan(model, *QUANT_PRESETS[quantize])
+    dtype = dtype or default_dtype(cfg, quantized=bool(quant.modules))
     tensors = mx.load(str(path))
     if report.layout == "pytorch":
         tensors = pytorch_to_mlx(cfg, tensors)
-    model = Lm(cfg)
-    apply_quantization(model, report.quantization)
+    if quant is not report.quantization:
+        tensors = quantize_tensors(tensors, quant)
+    apply_quantization(model, quant)
     model.load_weights(list(tensors.items()), strict=True)
     del tensors
     cast_floats(model, dtype)

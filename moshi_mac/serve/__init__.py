@@ -20,10 +20,9 @@ DEFAULT_IDLE_TIMEOUT_S = 60.0
 
 
 def register(subparsers) -> None:
-    from ..cli import add_model_args
-    from ..engine import add_generation_args
+    from ..api import DEFAULT_MAX_TAIL_S
+    from ..cli import add_generation_args, add_model_args
     from ..live import add_latency_args
-    from ..translate import DEFAULT_MAX_TAIL_S
 
     p = subparsers.add_parser(
         "serve", help="a web page and Kyutai's websocket protocol: talk to the model in a browser",
@@ -73,8 +72,8 @@ def _check_args(args) -> None:
 
 
 def main(args) -> int:
-    from ..cli import console
-    from ..engine import Session, gen_options, load_model
+    from ..cli import console, gen_options
+    from ..engine import Session, load_model
     from .chat import ChatSettings
     from .server import LOCAL_HOSTS, STATIC_DIR, ServerConfig, engine_thread, serve
 
