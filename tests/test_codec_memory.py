@@ -15,6 +15,11 @@ from moshi_mac.codec import (CONTEXT_FRAMES, FRAME_SIZE, RUSTYMIMI_MAX_FRAMES, H
                              _Stream)
 from tests.test_codec import _signal
 
+# Float rounding (the fresh instance's rotary positions restart from 0) can tip a near-tie
+# in the residual quantizer, which changes that codebook and every later one of the frame.
+MIN_AGREEMENT = 0.999
+MIN_SNR_DB = 40.0
+
 
 class _Counter:
     """A fake rustymimi instance: its output is the number of frames it has been fed."""
@@ -62,10 +67,15 @@ def test_default_handover_is_warmed_past_the_context():
     assert h.warm >= 2 * CONTEXT_FRAMES and h.every + h.warm <= RUSTYMIMI_MAX_FRAMES
 
 
-# A short stream with one handover at frame 140 to an instance started at frame 10, past
-# the 125-frame context: frames 140-199 come from the fresh instance.
-SHORT = Handover(every=140, warm=130)
-N_FRAMES = 200
+# One handover at frame 260 to an instance started at frame 10 and warmed on 250 frames
+# (the product's `warm`), two contexts: frames 260-329 come from the fresh instance.
+SHORT = Handover(every=260, warm=Handover().warm)
+N_FRAMES = 330
+
+
+def _snr_db(ref: np.ndarray, x: np.ndarray) -> float:
+    err = float(((x - ref) ** 2).sum())
+    return float("inf") if err == 0 else 10 * np.log10(float((ref ** 2).sum()) / err)
 
 
 @pytest.mark.slow
@@ -73,15 +83,16 @@ def test_handover_matches_uninterrupted(shared_mimi):
     pcm = _signal(N_FRAMES)
     plain = Mimi(shared_mimi, 16, handover=None)
     handed = Mimi(shared_mimi, 16, handover=SHORT)
-    codes = plain.encode(pcm)
-    np.testing.assert_array_equal(handed.encode(pcm), codes)
+    codes, codes_h = plain.encode(pcm), handed.encode(pcm)
     ref, out = plain.decode(codes), handed.decode(codes)
     assert handed.handovers == 2 and plain.handovers == 0
-    err = out - ref
-    snr = 10 * np.log10((ref ** 2).sum() / max((err ** 2).sum(), 1e-30))
-    print(f"\nhandover vs uninterrupted: codes identical, PCM SNR {snr:.1f} dB, "
-          f"max |diff| {np.abs(err).max():.1e}")
-    assert snr >= 60
+    cut = SHORT.every
+    np.testing.assert_array_equal(codes_h[:, :cut], codes[:, :cut])
+    agree = float((codes_h[:, cut:] == codes[:, cut:]).mean())
+    snr = _snr_db(ref[cut * FRAME_SIZE:], out[cut * FRAME_SIZE:])
+    print(f"\nhandover vs uninterrupted, frames {cut}-{N_FRAMES - 1}: codes {100 * agree:.2f} %, "
+          f"PCM SNR {snr:.1f} dB, max |diff| {np.abs(out - ref).max():.1e}")
+    assert agree >= MIN_AGREEMENT and snr >= MIN_SNR_DB
 
 
 def _rss_mb() -> float:

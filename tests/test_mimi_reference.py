@@ -21,6 +21,7 @@ import pytest
 
 from moshi_mac.codec import CONTEXT_FRAMES, FRAME_SIZE, Handover, Mimi
 from tests.test_codec import _signal
+from tests.test_codec_memory import _snr_db
 
 pytestmark = [pytest.mark.reference, pytest.mark.slow]
 
@@ -42,11 +43,6 @@ class Run:
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a == b).mean())
-
-
-def _snr_db(ref: np.ndarray, x: np.ndarray) -> float:
-    err = float(((x - ref) ** 2).sum())
-    return float("inf") if err == 0 else 10 * np.log10(float((ref ** 2).sum()) / err)
 
 
 def _first_frame(differs: np.ndarray) -> int | None:
