@@ -185,7 +185,7 @@ def run_case(case: str, frames: int, *, handover: bool = True, sample_every: int
     rec.update(samples=s, loadavg_after=os.getloadavg(),
                frames_done=s[-1]["frame"] if s else 0,
                audio_s=(s[-1]["frame"] if s else 0) * FRAME_SIZE / SAMPLE_RATE)
-    rec.update(summary(s))
+    rec.update(summary(s, 2 if case == "pipeline" else 1))
     return rec
 
 
@@ -196,19 +196,19 @@ def _write(path: Path, rec: dict) -> None:
     tmp.replace(path)
 
 
-def summary(samples: list[dict]) -> dict:
-    """RSS slope (MB per 1000 frames) over the second half of the run, and ms/frame."""
-    if len(samples) < 4:
+def summary(samples: list[dict], directions: int = 1) -> dict:
+    """RSS just after each handover of every direction (one instance: every sample) and its
+    least-squares slope in MB per 1000 frames; RSS peak; median ms/frame."""
+    if len(samples) < 3:
         return {}
-    half = samples[len(samples) // 2:]
-    x = np.array([p["frame"] for p in half], float)
-    y = np.array([p["rss_mb"] for p in half], float)
-    ms = np.array([p["ms_per_frame"] for p in samples[1:]], float)
-    return {"rss_slope_mb_per_1000_frames": round(1000 * float(np.polyfit(x, y, 1)[0]), 3),
+    after = [p for prev, p in zip(samples, samples[1:])
+             if p["handovers"] > prev["handovers"] and p["handovers"] % directions == 0]
+    base = after if len(after) >= 2 else samples
+    slope = np.polyfit([p["frame"] for p in base], [p["rss_mb"] for p in base], 1)[0]
+    return {"rss_mb_after_handovers": [p["rss_mb"] for p in after],
+            "rss_slope_mb_per_1000_frames": round(1000 * float(slope), 2),
             "rss_mb_max": max(p["rss_mb"] for p in samples),
-            "rss_mb_last": samples[-1]["rss_mb"],
-            "ms_per_frame_median": round(float(np.median(ms)), 2),
-            "ms_per_frame_first_last": [samples[1]["ms_per_frame"], samples[-1]["ms_per_frame"]]}
+            "ms_per_frame_median": round(float(np.median([p["ms_per_frame"] for p in samples])), 1)}
 
 
 def result_path(case: str, handover: bool) -> Path:
@@ -222,9 +222,15 @@ def report(paths: list[Path], png: Path, md: Path) -> None:
     import matplotlib.pyplot as plt
 
     recs = [json.loads(p.read_text()) for p in paths]
+    for r in recs:  # a run killed before its end kept its samples so far
+        s = r["samples"]
+        if r["ended"] == "running":
+            r.update(ended="stopped", frames_done=s[-1]["frame"] if s else 0)
+            r["audio_s"] = r["frames_done"] * 0.08
+        r.update(summary(s, 2 if r["case"] == "pipeline" else 1))
     fig, (ax_rss, ax_ms) = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
-    rows = ["| case | handover | frames (audio) | ended | RSS max / last MB | RSS slope MB/1000 frames "
-            "(2nd half) | ms/frame median |", "|---|---|---|---|---|---|---|"]
+    rows = ["| case | handover | frames (audio) | ended | RSS peak MB | RSS after each handover MB "
+            "| RSS slope MB/1000 frames | ms/frame median |", "|---|---|---|---|---|---|---|---|"]
     for r in recs:
         label = f"{r['case']} ({'handover' if r['handover'] else 'one instance'})"
         minutes = [p["frame"] * 0.08 / 60 for p in r["samples"]]
@@ -233,9 +239,9 @@ def report(paths: list[Path], png: Path, md: Path) -> None:
         h = r["handover"]
         rows.append(f"| {r['case']} | {'every %d, warm %d' % (h['every'], h['warm']) if h else 'none'} "
                     f"| {r['frames_done']} ({r['audio_s'] / 60:.1f} min) | {r['ended']}"
-                    f"{': ' + r['error'] if r.get('error') else ''} | {r.get('rss_mb_max', '-')} / "
-                    f"{r.get('rss_mb_last', '-')} | {r.get('rss_slope_mb_per_1000_frames', '-')} "
-                    f"| {r.get('ms_per_frame_median', '-')} |")
+                    f"{': ' + r['error'] if r.get('error') else ''} | {r.get('rss_mb_max', '-')} "
+                    f"| {', '.join(map(str, r.get('rss_mb_after_handovers', []))) or '-'} "
+                    f"| {r.get('rss_slope_mb_per_1000_frames', '-')} | {r.get('ms_per_frame_median', '-')} |")
     ax_rss.set_ylabel("RSS (MB)")
     ax_ms.set_ylabel("ms per 80 ms frame")
     ax_ms.set_xlabel("audio time (minutes)")
@@ -246,7 +252,8 @@ def report(paths: list[Path], png: Path, md: Path) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     md.write_text("# Codec soak\n\n`python benchmarks/soak.py` (see its docstring); plot: "
-                  f"[{png.name}]({png.name}).\n\n" + "\n".join(rows) + "\n")
+                  f"[{png.name}]({png.name}). The slope is over the samples just after each "
+                  "handover (one instance: over every sample).\n\n" + "\n".join(rows) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
