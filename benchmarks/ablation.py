@@ -10,6 +10,7 @@ switched off at a time (impls.ABLATIONS), plus moshi_mlx for scale; one process 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -17,19 +18,26 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from moshi_mac.bench import run
+from moshi_mac.bench.common import dump_json, loadavg, machine_info
+from moshi_mac.bench.impls import ABLATIONS
+from moshi_mac.paths import cache_root
 
-from common import ROOT, dump_json, loadavg, machine_info  # noqa: E402
-from impls import ABLATIONS  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # the git checkout this script is in
 
 VARIANTS = ["before", "now", *[f"now, {a}" for a in ABLATIONS], "moshi_mlx"]
 
 
 def extract(ref: str, into: Path) -> Path:
-    """The source tree of a git ref (read-only: `git archive`, no checkout)."""
+    """The source tree of a git ref (read-only: `git archive`, no checkout), with this
+    harness (moshi_mac/bench/) copied in, so the same code measures the old package."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    harness = into / "moshi_mac" / "bench"
+    shutil.rmtree(harness, ignore_errors=True)
+    (into / "moshi_mac" / "bench.py").unlink(missing_ok=True)
+    shutil.copytree(Path(run.__file__).parent, harness,
+                    ignore=shutil.ignore_patterns("__pycache__"))
     return into
 
 
@@ -45,8 +53,6 @@ def spec_for(variant: str, base: dict, before_tree: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    import run
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ref", default="HEAD", help="the 'before' git ref")
     p.add_argument("--model", default="hibiki-1b")
@@ -58,7 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--wait-load", type=float, default=None)
     p.add_argument("--wait-max", type=float, default=900)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "ablation.json")
+    p.add_argument("--out", type=Path, default=cache_root() / "bench" / "ablation.json")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     payload = {"machine": machine_info(), "command": " ".join(["python benchmarks/ablation.py",
@@ -74,7 +80,7 @@ def main(argv=None) -> int:
                     "repeats": 5 if tiny else 3, "split_steps": 1}
             for _ in range(args.rounds):
                 for variant in args.variants:
-                    rec = run.run_child("bench_lm.py", spec_for(variant, base, before), args)
+                    rec = run.run_child("bench_lm", spec_for(variant, base, before), args)
                     payload["records"].append(rec)
                     dump_json(args.out, payload)
     payload["table"] = table(payload["records"])
@@ -103,7 +109,7 @@ def table(records: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    import report
+    from moshi_mac.bench import report
 
     cells = [[r["shape"], r["variant"], r["dtype"], f"{r['ms_median']:.2f}",
               f"{r['ms_min']:.2f}-{r['ms_max']:.2f}", f"{r['steps_per_s']:.2f}",

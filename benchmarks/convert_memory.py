@@ -48,7 +48,7 @@ def measure(src: Path, out: Path, quantize: str | None) -> dict:
 def make_source(config: str, workdir: Path, mimi: Path | None) -> Path:
     folder = workdir / f"{config}-pytorch"
     cmd = [sys.executable, "-m", "moshi_mac.cli", "make-random-model", "--config", config,
-           "--layout", "pytorch", "--out", str(folder), "--force"]
+           "--layout", "pytorch", "--output", str(folder), "--force"]
     if mimi:
         cmd += ["--mimi", str(mimi)]
     t0 = time.perf_counter()

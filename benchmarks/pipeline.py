@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from moshi_mac.paths import cache_root
+
 
 TEXT = ("Bonjour à tous et merci d'être venus aujourd'hui. Nous allons parler de la traduction "
         "simultanée de la parole, un problème difficile qui demande de comprendre une phrase "
@@ -59,8 +59,9 @@ def mimi_ms(mimi_path: Path, codebooks: int, frames: int = 30) -> dict:
 def scaled_config(d_model: int, layers: int):
     from moshi_mac.config import load_config
     from moshi_mac.random_model import tiny_config
+    from moshi_mac.registry import config_path
 
-    cfg = copy.deepcopy(tiny_config(load_config(ROOT / "configs" / "moshi-7b.toml")))
+    cfg = copy.deepcopy(tiny_config(load_config(config_path("moshi-7b"))))
     t = cfg.transformer
     ratio = t.dim_feedforward / t.d_model
     t.d_model, t.num_heads, t.num_layers = d_model, d_model // 64, layers
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "pipeline.json")
+    p.add_argument("--out", type=Path, default=cache_root() / "bench" / "pipeline.json")
     args = p.parse_args(argv)
 
     import mlx.core as mx

@@ -19,10 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from common import ROOT, dump_json, loadavg, machine_info  # noqa: E402
+from moshi_mac.bench.common import dump_json, loadavg, machine_info
+from moshi_mac.paths import cache_root
 
 SHAPES = [(8192, 2048), (2048, 2048), (2048, 64)]  # (out, in)
 QUANTS = {"q8": (8, 64), "q4": (4, 32)}
@@ -68,11 +66,11 @@ def measure(repeats: int) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    import report
+    from moshi_mac.bench import report
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quant_kernels.json")
+    p.add_argument("--out", type=Path, default=cache_root() / "bench" / "quant_kernels.json")
     args = p.parse_args(argv)
     payload = {"machine": machine_info(), "loadavg_before": loadavg(),
                "command": " ".join(["python benchmarks/quant_kernels.py", *(argv or sys.argv[1:])])}

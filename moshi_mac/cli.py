@@ -8,39 +8,85 @@ Ctrl-C exits with 130 after the command has kept its partial outputs.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from . import __version__
 from .errors import MoshiMacError
+from .tables import Column, fit_table
 
 console = Console()
 err_console = Console(stderr=True)
 
 
+def _shows_default(action: argparse.Action) -> bool:
+    """Whether --help should state this option's default (flags and unset ones have none)."""
+    default = action.default
+    return (default is not None and default is not False and default != argparse.SUPPRESS
+            and default not in ("", [], ()) and action.nargs != 0
+            and (bool(action.option_strings) or action.nargs in ("?", "*")))
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every default in --help: "(default: X)" after an option's help, or as its help,
+    unless the help already states it; lists shown as "a b c"."""
+
+    def _format_action(self, action):
+        if not action.help and _shows_default(action):
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        text = (action.help or "").strip()
+        if _shows_default(action) and "default" not in text.lower():
+            text = f"{text} (default: %(default)s)".strip()
+        return text
+
+    def _expand_help(self, action):
+        if isinstance(action.default, (list, tuple)):
+            action = copy.copy(action)
+            action.default = " ".join(map(str, action.default))
+        return super()._expand_help(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """moshi-mac's parsers (subcommands included): defaults shown in --help."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (one of)")
-    g.add_argument("--model", "-m", help="registry name (see `moshi-mac models`)")
+    g.add_argument("--model", "-m", help="registry name (see `moshi-mac models`) or Hugging Face "
+                                         "repo id (e.g. kyutai/hibiki-1b-mlx-bf16)")
     g.add_argument("--weights", "-w", type=Path, help="a model folder: config, LM weights, Mimi, tokenizer")
 
 
 def cmd_models(args) -> int:
     from . import registry
 
-    table = Table(title="moshi-mac models")
-    table.add_column("name", no_wrap=True)
-    table.add_column("repo", overflow="fold")
-    for col in ("config", "quant", "layout", "local"):
-        table.add_column(col, no_wrap=True)
-    for e in registry.list_models():
-        local = registry.local_files(e)
-        table.add_row(e.name, e.repo, e.config, e.quantization, e.layout,
-                      "[green]yes[/]" if local else "no")
-    console.print(table)
+    console.print(models_table(registry.list_models(), registry.local_files, console.width))
     console.print("Download with `moshi-mac download NAME` (also done on first use).")
     return 0
+
+
+MODEL_COLUMNS = [Column("name"), Column("repo", fold=True), Column("config", drop=3),
+                 Column("quant", drop=2), Column("layout", drop=1), Column("local")]
+
+
+def models_table(entries, is_local, width: int) -> Table:
+    """The `models` table. In a narrow terminal config, quant and layout go first (the
+    name carries the quantization, the repo the layout), so rows stay on one line."""
+    rows = [[e.name, e.repo, e.config, e.quantization, e.layout,
+             "[green]yes[/]" if is_local(e) else "no"] for e in entries]
+    return fit_table("moshi-mac models", MODEL_COLUMNS, rows, width)
 
 
 def cmd_download(args) -> int:
@@ -48,7 +94,7 @@ def cmd_download(args) -> int:
 
     for name in args.names:
         files = registry.ensure(name)
-        console.print(f"[green]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in files.items()))
+        console.print(f"[green]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in files.paths().items()))
     return 0
 
 
@@ -82,8 +128,9 @@ def cmd_make_random(args) -> int:
     if not path.is_file():
         path = registry.config_path(args.config)
     cfg = load_config(path)
-    with console.status(f"writing a random {'tiny ' if args.tiny else ''}{path.stem} model to {args.out}"):
-        rm = make_random_model(cfg, args.out, tiny=args.tiny, quantize=args.quantize,
+    with console.status(f"writing a random {'tiny ' if args.tiny else ''}{path.stem} model "
+                        f"to {args.output}"):
+        rm = make_random_model(cfg, args.output, tiny=args.tiny, quantize=args.quantize,
                                layout=args.layout, seed=args.seed, force=args.force,
                                mimi=args.mimi)
     size = rm.weights.stat().st_size / 2**20
@@ -94,16 +141,19 @@ def cmd_make_random(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="moshi-mac",
-        description="Kyutai's Moshi, Hibiki and Hibiki-Zero speech models on MLX.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        description="Kyutai's Moshi, Hibiki and Hibiki-Zero speech models on MLX.",
+        epilog="`moshi-mac COMMAND --help` for a command's options; "
+               "`python -m moshi_mac` works the same.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("models", help="list known models and whether they are on disk")
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("download", help="download models into the Hugging Face cache")
-    s.add_argument("names", nargs="+")
+    s.add_argument("names", nargs="+", metavar="NAME", help="registry names")
     s.set_defaults(func=cmd_download)
 
     s = sub.add_parser("check", help="check config vs weights vs tokenizer vs Mimi")
@@ -113,13 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("make-random-model", help="write a random model in the official layouts")
     s.add_argument("--config", required=True, help="a config file, or a name from configs/")
-    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("-o", "--output", required=True, type=Path, help="the model folder to write")
     s.add_argument("--tiny", action="store_true", help="shrink the LM (not Mimi) for fast tests")
-    s.add_argument("--quantize", choices=["q8", "q4"])
-    s.add_argument("--layout", choices=["mlx", "pytorch"], default="mlx")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--force", action="store_true", help="replace --out if it exists")
-    s.add_argument("--mimi", type=Path, help="use this Mimi checkpoint instead of a random one")
+    s.add_argument("--quantize", choices=["q8", "q4"], help="quantize the LM (default: bf16)")
+    s.add_argument("--layout", choices=["mlx", "pytorch"], default="mlx", help="key layout")
+    s.add_argument("--seed", type=int, default=0, help="random seed (LM, Mimi, tokenizer)")
+    s.add_argument("--force", action="store_true", help="replace --output if it exists")
+    s.add_argument("--mimi", type=Path, help="use this Mimi checkpoint instead of the random "
+                   "one of the seed (built once in the cache folder and linked in)")
     s.set_defaults(func=cmd_make_random)
 
     for name in COMMAND_MODULES:
@@ -131,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that add their own subcommands with `register(subparsers)`; each handler is
 # `main(args) -> int`. Heavy imports stay inside the handlers so `--help` is fast.
-COMMAND_MODULES = ["translate", "live", "doctor", "convert", "bench"]
+COMMAND_MODULES = ["translate", "live", "doctor", "convert", "bench", "serve"]
 
 
 def _command_module(name: str):
@@ -146,11 +197,15 @@ def _command_module(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `moshi-mac`: the help, as git and hf do
+        parser.print_help()
+        return 0
     try:
         return args.func(args) or 0
     except MoshiMacError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return e.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")

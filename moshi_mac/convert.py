@@ -55,23 +55,19 @@ def _mlx_tensors(path: Path, cfg, layout: str, quant) -> dict:
 
 
 def source_files(src: str | Path, config: str | Path | None = None):
-    """A model folder or a registry name -> `ModelFiles` (config optionally overridden)."""
+    """A model folder, registry name or repo id -> `ModelFiles` (`modeldir.resolve`, the
+    resolver every command uses), with the config optionally overridden."""
     from . import registry
-    from .modeldir import ModelFiles, from_dir
+    from .modeldir import resolve
 
-    if Path(src).is_dir():
-        files = from_dir(src)
-    elif Path(src).exists():
+    if Path(src).exists() and not Path(src).is_dir():
         raise MoshiMacError(f"{src} is a file; pass the folder that holds the checkpoint, its "
                             f"config, Mimi and tokenizer, or a registry name")
-    else:
-        entry = registry.get_entry(str(src))
-        found = registry.ensure(entry.name)
-        files = ModelFiles(entry.name, Path(found["config"]), Path(found["weights"]),
-                           Path(found["mimi"]), Path(found["tokenizer"]), entry.quantization)
+    files = resolve(str(src))
     if config is not None:
         path = Path(config)
         files.config = path if path.is_file() else registry.config_path(str(config))
+        files.packaged_config = None
     return files
 
 

@@ -244,6 +244,9 @@ class TextAssembler:
 # The session
 # ---------------------------------------------------------------------------------------
 
+STAGE_NAMES = {"lm": "LM", "encode": "Mimi encode", "decode": "Mimi decode"}  # for messages
+
+
 @dataclass
 class StageTimes:
     """Seconds spent and calls made per stage (each stage is written by one thread)."""
@@ -311,15 +314,18 @@ class Session:
 
     def __init__(self, model: LoadedModel, options=None, *, stop_on_eos: bool = False,
                  keep_audio: bool = True, timeline: str = "output", slow_s: float = 0.0,
-                 queue_size: int = 2):
+                 queue_size: int = 2, codecs: tuple | None = None):
         from .codec import Mimi
 
         cfg = model.cfg
         self.model = model
         self.stepper = LmStepper(model.lm, options, stop_on_eos=stop_on_eos, slow_s=slow_s)
         # One rustymimi instance per thread: each keeps its own streaming state.
-        self.encoder = Mimi(model.files.mimi, cfg.user_codebooks)
-        self.decoder = Mimi(model.files.mimi, cfg.dep_q) if cfg.dep_q else None
+        # `codecs`: the (encoder, decoder) of an earlier session to reuse (`warm_up`
+        # resets them): loading Mimi takes seconds, a server does it once.
+        self.encoder, self.decoder = codecs or (
+            Mimi(model.files.mimi, cfg.user_codebooks),
+            Mimi(model.files.mimi, cfg.dep_q) if cfg.dep_q else None)
         self.text = TextAssembler(model.tokenizer,
                                   hidden_ids=(cfg.moshi_mac.end_of_text_padding_id,
                                               cfg.moshi_mac.text_padding_id))

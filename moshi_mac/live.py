@@ -15,7 +15,6 @@ import collections
 import contextlib
 import os
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime
@@ -26,12 +25,26 @@ import numpy as np
 from .buffers import LAG_MODES, FrameFifo, JitterBuffer, LagPolicy, SampleRing
 from .codec import FRAME_SIZE, SAMPLE_RATE
 from .errors import MoshiMacError
+from .live_status import METER_FLOOR_DB, device_label, level_db, level_meter
 
 HEADPHONES = ("[yellow]Use headphones.[/] Through laptop speakers the model hears its own voice "
               "and answers itself. [bold]--echo-guard[/] turns the microphone down while the "
               "model speaks; it is not echo cancellation.")
 ECHO_THRESHOLD_RMS = 0.01  # model output louder than this counts as speaking
 ECHO_HOLD_S = 0.25  # the guard stays on this long after the output went quiet
+
+
+def add_latency_args(g) -> None:
+    """The bounded-latency flags, shared with `serve` (checked by `check_latency_args`)."""
+    g.add_argument("--jitter-ms", type=float, default=160,
+                   help="audio queued before the speaker starts (default 160)")
+    g.add_argument("--max-buffer-ms", type=float, default=480,
+                   help="most audio queued for the speaker; older audio is dropped (default 480)")
+    g.add_argument("--max-lag-ms", type=float, default=400,
+                   help="how far the model may fall behind the microphone before input "
+                        "frames are given up (default 400)")
+    g.add_argument("--lag-policy", choices=LAG_MODES, default="skip",
+                   help="past --max-lag-ms: skip late frames, or merge them into one (sped up)")
 
 
 def register(subparsers) -> None:
@@ -47,15 +60,7 @@ def register(subparsers) -> None:
     g.add_argument("--output-device", help="index or part of the name (see `moshi-mac devices`)")
     g.add_argument("--device-latency", choices=["low", "high"], default="low",
                    help="PortAudio latency setting for both streams (default low)")
-    g.add_argument("--jitter-ms", type=float, default=160,
-                   help="audio queued before the speaker starts (default 160)")
-    g.add_argument("--max-buffer-ms", type=float, default=480,
-                   help="most audio queued for the speaker; older audio is dropped (default 480)")
-    g.add_argument("--max-lag-ms", type=float, default=400,
-                   help="how far the model may fall behind the microphone before input "
-                        "frames are given up (default 400)")
-    g.add_argument("--lag-policy", choices=LAG_MODES, default="skip",
-                   help="past --max-lag-ms: skip late frames, or merge them into one (sped up)")
+    add_latency_args(g)
     g.add_argument("--echo-guard", action="store_true",
                    help="turn the microphone down while the model speaks (for laptop speakers; "
                         "not echo cancellation)")
@@ -200,9 +205,13 @@ class LiveStats:
         self.frames_in = 0
         self.frames_out = 0
         self.echo_guarded = 0
+        self.input_db = METER_FLOOR_DB  # the last input frame's level (the meter)
+        self.pace = None  # a live_status.Pace: which stage is behind, if any
 
     def on_step(self, session) -> None:
         self._step_times.append(self.clock())
+        if self.pace is not None:
+            self.pace.update(session.times, self.steps_per_s())
 
     def steps_per_s(self) -> float:
         t = self._step_times
@@ -249,6 +258,7 @@ class MicSource:
             frame = self.fifo.pop(extra_lag_s=self.pending_s())
             if frame is not None:
                 pcm = frame.pcm
+                self.stats.input_db = level_db(pcm)
                 if self.echo_gain is not None and frame.t_capture < self.loud_until:
                     pcm = pcm * np.float32(self.echo_gain)
                     self.stats.echo_guarded += 1
@@ -333,13 +343,20 @@ class LiveAudio:
     def device_latency_s(self) -> float:
         return float(self.input.latency) + float(self.output.latency)
 
+    def names(self) -> tuple[str, str]:
+        """The real input and output device names (live_status.device_label)."""
+        if not hasattr(self, "_names"):
+            self._names = (device_label(self.sd, self.in_info, "input"),
+                           device_label(self.sd, self.out_info, "output"))
+        return self._names
+
     def describe(self) -> str:
-        def one(info, rate, what):
+        def one(name, rate, what):
             conv = " → 24 kHz" if what == "in" and rate != SAMPLE_RATE else (
                 " ← 24 kHz" if rate != SAMPLE_RATE else "")
-            return f"{what}: {info['name']} @ {rate} Hz{conv}"
-        return (one(self.in_info, self.in_rate, "in") + "  ·  "
-                + one(self.out_info, self.out_rate, "out"))
+            return f"{what}: {name} @ {rate} Hz{conv}"
+        in_name, out_name = self.names()
+        return one(in_name, self.in_rate, "in") + "  ·  " + one(out_name, self.out_rate, "out")
 
     def __enter__(self):
         self.output.start()
@@ -372,9 +389,10 @@ class LiveScreen:
         s, a = self.stats, self.audio
         elapsed = int(s.clock() - s.started)
         fill_ms = 1000 * a.jitter.fill() / a.out_rate
-        return (f"{s.steps_per_s():4.1f} steps/s │ latency {s.latency_ms:4.0f} ms │ "
-                f"buffer {fill_ms:3.0f} ms │ underruns {a.jitter.underruns} │ "
-                f"skipped {self.mic.fifo.skipped} │ {elapsed // 60:02d}:{elapsed % 60:02d}")
+        return (f"{level_meter(s.input_db)} │ {s.steps_per_s():4.1f} steps/s │ latency "
+                f"{s.latency_ms:4.0f} ms │ buffer {fill_ms:3.0f} ms │ underruns "
+                f"{a.jitter.underruns} │ skipped {self.mic.fifo.skipped} │ "
+                f"{elapsed // 60:02d}:{elapsed % 60:02d}")
 
     def __rich__(self):
         from rich.console import Group
@@ -386,19 +404,25 @@ class LiveScreen:
                      Text(self.audio.describe(), style="dim"), *self.notes,
                      Panel(Text(text, overflow="fold"), title="text", title_align="left",
                            border_style="dim", height=8),
-                     Text(self.status()))
+                     Text(self.status()),
+                     *([Text(f"⚠ {self.stats.pace.current}", style="yellow")]
+                       if self.stats.pace is not None and self.stats.pace.current else []))
 
 
 # ---------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------
 
-def _check_args(args) -> None:
-    for name in ("jitter_ms", "max_buffer_ms", "max_lag_ms", "echo_guard_db"):
+def check_latency_args(args, names=("jitter_ms", "max_buffer_ms", "max_lag_ms")) -> None:
+    for name in names:
         if getattr(args, name) < 0:
             raise MoshiMacError(f"--{name.replace('_', '-')} must be >= 0")
     if args.max_buffer_ms < args.jitter_ms + 80:
         raise MoshiMacError("--max-buffer-ms must be at least --jitter-ms + 80 (one frame)")
+
+
+def _check_args(args) -> None:
+    check_latency_args(args, ("jitter_ms", "max_buffer_ms", "max_lag_ms", "echo_guard_db"))
     if args.duration is not None and args.duration <= 0:
         raise MoshiMacError("--duration must be positive")
 
@@ -420,7 +444,9 @@ def session_stats(result, audio: LiveAudio, mic: MicSource, stats: LiveStats) ->
         "latency_series": stats.latency_series,
         "stage_ms": result.stage_ms, "pipelined": result.pipelined,
         "input_rate": audio.in_rate, "output_rate": audio.out_rate,
-        "input_device": audio.in_info["name"], "output_device": audio.out_info["name"],
+        "input_device": audio.names()[0], "output_device": audio.names()[1],
+        "below_real_time_steps": stats.pace.behind_steps if stats.pace else 0,
+        "below_real_time": stats.pace.worst if stats.pace else None,
     }
 
 
@@ -456,6 +482,8 @@ def main(args) -> int:
 
     from .cli import console
     from .engine import FRAME_S, Session, gen_options, load_model
+    from .live_status import Pace
+    from .paths import cache_dir
     from .transcript import write_transcript
 
     _check_args(args)
@@ -468,10 +496,12 @@ def main(args) -> int:
     with console.status("warming up"):
         session.warm_up()
     audio = LiveAudio(in_dev, out_dev, args.device_latency, args.jitter_ms, args.max_buffer_ms)
+    audio.names()  # the real device names (may ask the sound server), before the streams start
     folder = _record_dir(args.record) if args.record else None
     rec_in = WavRecorder(folder / "input.wav") if folder else None
     rec_out = WavRecorder(folder / "output.wav") if folder else None
     stats = LiveStats()
+    stats.pace = Pace(pipelined=not args.sequential)
     policy = LagPolicy(max_lag_s=args.max_lag_ms / 1000, mode=args.lag_policy, frame_s=FRAME_S)
     mic = MicSource(audio.mic, audio.in_rate, policy, stats,
                     lambda: session.pending_frames() * FRAME_S, rec_in,
@@ -479,7 +509,7 @@ def main(args) -> int:
     session.listeners.append(Speaker(audio.jitter, audio.out_rate, stats, mic,
                                      audio.device_latency_s, rec_out))
     what = "translation" if model.is_hibiki else "conversation"
-    native_log = Path(tempfile.gettempdir()) / "moshi-mac-audio-library.log"
+    native_log = (folder or cache_dir("live")) / "audio-library.log"
     quiet = native_stderr_to(native_log) if console.is_terminal else contextlib.nullcontext()
     screen = LiveScreen(f"moshi-mac live — {model.name} ({what})", session, audio, mic, stats)
     if console.is_terminal:
@@ -520,8 +550,15 @@ def main(args) -> int:
             value = f"median {value['median']}, max {value['max']}"
         table.add_row(key.replace("_", " "), str(value))
     console.print(table)
-    if console.is_terminal and native_log.exists() and native_log.stat().st_size:
-        console.print(f"[dim]messages from the audio libraries: {native_log}[/]", highlight=False)
+    if info["below_real_time"]:
+        console.print(f"[yellow]warning:[/] {info['below_real_time_steps']} steps ran "
+                      f"{info['below_real_time']}", highlight=False)
+    if native_log.exists() and not native_log.stat().st_size:
+        native_log.unlink()  # nothing was logged
+    if native_log.exists():
+        n = len(native_log.read_bytes().splitlines())
+        console.print(f"[dim]the audio libraries logged {n} line(s) (kept off the screen): "
+                      f"{native_log}[/]", highlight=False)
     if folder is not None:
         console.print(f"[green]recorded[/] {folder}: input.wav, output.wav, transcript.srt, "
                       f"transcript.json", highlight=False)

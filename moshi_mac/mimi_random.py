@@ -212,9 +212,50 @@ def random_mimi_tensors(seed: int = 0, num_codebooks: int = MAX_CODEBOOKS) -> di
 
 
 def write_random_mimi(path: str | Path, seed: int = 0, num_codebooks: int = MAX_CODEBOOKS) -> Path:
-    """Write a random Mimi checkpoint (safetensors, float32, ~385 MB for 32 codebooks)."""
+    """Write a random Mimi checkpoint (safetensors, float32, ~385 MB for 32 codebooks),
+    atomically and with the mode a plain `open()` gives (safetensors itself makes 0600)."""
+    import os
+
     from safetensors.numpy import save_file
 
+    from .paths import file_mode
+
     path = Path(path)
-    save_file(random_mimi_tensors(seed, num_codebooks), str(path))
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        save_file(random_mimi_tensors(seed, num_codebooks), str(tmp))
+        tmp.chmod(file_mode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def cached_random_mimi(seed: int = 0) -> Path:
+    """The random Mimi of a seed (all 32 codebooks), written once into the user's cache
+    folder (`paths.cache_dir`) and reused by every random model and benchmark."""
+    from .codec import MIMI_FILE
+    from .paths import cache_dir
+
+    path = cache_dir("random-mimi", f"seed-{seed}") / MIMI_FILE
+    if not path.is_file():
+        write_random_mimi(path, seed=seed)
+    return path
+
+
+def link_random_mimi(dst: str | Path, seed: int = 0) -> Path:
+    """Put the cached random Mimi of a seed at `dst`: a hard link (no extra disk), else a
+    symbolic link (the cache is on another file system), else a copy."""
+    import os
+    import shutil
+
+    src, dst = cached_random_mimi(seed), Path(dst)
+    try:
+        os.link(src, dst)
+    except OSError:
+        try:
+            os.symlink(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+            dst.chmod(src.stat().st_mode & 0o777)
+    return dst

@@ -19,6 +19,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .codec import MIMI_FILE
 from .config import LmConfig
 from .errors import MoshiMacError
 from .models.lm import Lm
@@ -26,22 +27,34 @@ from .models.lm import Lm
 TINY_TEXT_VOCAB = 1000
 
 
+TINY_WIDTH = 64  # the q8 group size: every tiny linear and embedding is quantizable
+
+
+def _tiny_mlp(t, d_model: int) -> None:
+    """Shrink `t`'s feed-forward with `t.d_model`, keeping the real hidden/d_model ratio
+    and a hidden width that is a multiple of TINY_WIDTH (so `linear_out` quantizes, as it
+    does at the real widths)."""
+    hidden = max(1, round(t.mlp_hidden / t.d_model * d_model / TINY_WIDTH)) * TINY_WIDTH
+    t.d_model = d_model
+    t.dim_feedforward = hidden if t.gating is None else 3 * hidden // 2
+    assert t.mlp_hidden == hidden, (t.mlp_hidden, hidden)
+
+
 def tiny_config(cfg: LmConfig, text_vocab: int = TINY_TEXT_VOCAB) -> LmConfig:
     """Shrink the LM, keeping every trait that matters for parity: GQA ratio, RoPE
     layout, schedule, depformer norm, conditioner, delays and the codebook counts (Mimi
-    and its 2048-entry codebooks stay real)."""
+    and its 2048-entry codebooks stay real). Every width is a multiple of 64, so a tiny
+    q8 (group 64) or q4 (group 32) model quantizes exactly the modules the official
+    files quantize, the depformer included (the LUT conditioner never)."""
     cfg = copy.deepcopy(cfg)
     t = cfg.transformer
-    ratio = t.dim_feedforward / t.d_model
-    t.d_model, t.num_heads, t.num_layers = 64, 4, 2
-    t.num_heads = max(t.num_heads, t.kv_repeat)
-    t.dim_feedforward = int(ratio * t.d_model)
+    _tiny_mlp(t, TINY_WIDTH)
+    t.num_heads, t.num_layers = max(4, t.kv_repeat), 2
     t.context = 32
     if cfg.depformer is not None:
         d = cfg.depformer.transformer
-        ratio = d.dim_feedforward / d.d_model
-        d.d_model, d.num_heads, d.num_layers = 32, max(2, d.kv_repeat), 2
-        d.dim_feedforward = int(ratio * d.d_model)
+        _tiny_mlp(d, TINY_WIDTH)
+        d.num_heads, d.num_layers = max(2, d.kv_repeat), 2
         if cfg.depformer.low_rank_embeddings:
             cfg.depformer.low_rank_embeddings = 16
     for c in cfg.conditioners.values():
@@ -70,7 +83,6 @@ def random_lm_tensors(cfg: LmConfig, seed: int = 0, dtype=mx.bfloat16) -> dict[s
 
 
 LM_FILE = {"bf16": "model.safetensors", "q8": "model.q8.safetensors", "q4": "model.q4.safetensors"}
-MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 
 
 @dataclass
@@ -86,9 +98,11 @@ def make_random_model(config: LmConfig, out: str | Path, *, tiny: bool = False,
                       quantize: str | None = None, layout: str = "mlx", seed: int = 0,
                       force: bool = False, header: str = "",
                       mimi: str | Path | None = None) -> RandomModel:
-    """Write a complete random model directory (see the module docstring). `mimi` reuses
-    an existing Mimi checkpoint (hard-linked when possible) instead of a random one."""
-    from .mimi_random import write_random_mimi
+    """Write a complete random model directory (see the module docstring). The random
+    Mimi of the seed is built once in the user's cache folder and linked in (see
+    `mimi_random.link_random_mimi`); `mimi` uses an existing checkpoint instead
+    (hard-linked when possible)."""
+    from .mimi_random import link_random_mimi
     from .modeldir import link_or_copy
     from .tokenizer import train_random_tokenizer
     from .safetensors_io import save_safetensors_streamed
@@ -121,7 +135,7 @@ def make_random_model(config: LmConfig, out: str | Path, *, tiny: bool = False,
         weights = work / LM_FILE[quantize or "bf16"]
         save_safetensors_streamed(weights, tensors, {"format": "pt" if layout == "pytorch" else "mlx"})
         if mimi is None:
-            write_random_mimi(work / MIMI_FILE, seed=seed, num_codebooks=32)
+            link_random_mimi(work / MIMI_FILE, seed=seed)
         else:
             link_or_copy(mimi, work / MIMI_FILE)
         tok = train_random_tokenizer(work / f"tokenizer_spm_{cfg.text_out_vocab_size}",

@@ -1,18 +1,23 @@
-"""Model registry: user-facing model names -> Hugging Face repo, files and config.
+"""Model registry: short names for Kyutai's Hugging Face repos, and downloads.
 
-`ensure(name)` returns local paths to a model's files, looking on disk first and
-downloading on first use. Search order of `local_files` (first complete set wins):
+A model is named by a registry name (`hibiki-1b-bf16`, an alias), a Hugging Face repo id
+(`kyutai/hibiki-1b-mlx-bf16`, or any repo whose `config.json` follows the official
+PyTorch schema and names its files), or a folder. `modeldir.resolve` turns any of them
+into files; this module holds the entries, the places searched, and the network side.
+Search order for a name or repo id (first complete set wins, no network):
 
 1. `$MOSHI_MAC_WEIGHTS/<name>/` (when the variable is set),
 2. `weights/<name>/` under the repository root (the git-ignored user weights folder),
 3. `weights/<name>/` under the current directory,
    (in each weights folder, `<repo basename>/`, e.g. `weights/hibiki-1b-mlx-bf16/`, is
-   accepted too: that is what `huggingface-cli download --local-dir` produces),
+   accepted too: that is what `hf download --local-dir` produces),
 4. the Hugging Face cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
-   `~/.cache/huggingface/hub`), read without any network access.
+   `~/.cache/huggingface/hub`), read without any network access,
 
-Where a folder or the cache holds the repo's `config.json`, its `moshi_name`,
-`mimi_name` and `tokenizer_name` override the file names below.
+then a download into that cache. The config that ships with the weights (the repo's
+`config.json`, or a folder's `config.toml`) configures the model, and its `moshi_name`,
+`mimi_name` and `tokenizer_name` override the file names below; the packaged
+`configs/*.toml` of an entry is only the fallback when none ships.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import socket
 import urllib.parse
 from dataclasses import dataclass
@@ -34,6 +40,8 @@ MIMI_PT = "mimi-pytorch-e351c8d8@125.safetensors"  # Hibiki PyTorch repos, Hibik
 MIMI_MLX = "mimi-dbaa9758@125.safetensors"  # Hibiki MLX repos
 
 ROLES = ("weights", "mimi", "tokenizer")
+# config.json keys that name each role's file (PyTorch `CheckpointInfo.from_hf_repo`).
+CONFIG_JSON_NAMES = {"weights": "moshi_name", "mimi": "mimi_name", "tokenizer": "tokenizer_name"}
 
 
 @dataclass(frozen=True)
@@ -124,16 +132,12 @@ REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _ENTRIES}
 # ---------------------------------------------------------------------------------------
 
 def config_dir() -> Path:
-    """The directory of the packaged model configs (`configs/*.toml`).
-
-    `moshi_mac/configs` is a symlink to the top-level `configs/` in a checkout and a real
-    directory in an installed wheel; the top-level one is the fallback if the link is lost.
-    """
-    here = Path(__file__).resolve().parent
-    for cand in (here / "configs", here.parent / "configs"):
-        if cand.is_dir() and any(cand.glob("*.toml")):
-            return cand.resolve()
-    raise ConfigError(f"no configs directory found beside {here} (reinstall moshi-mac)")
+    """The packaged model configs, `moshi_mac/configs/*.toml` (package data: the one home
+    of these files; the top-level `configs/` of a checkout is a symlink to it)."""
+    path = Path(__file__).resolve().parent / "configs"
+    if not any(path.glob("*.toml")):
+        raise ConfigError(f"no packaged configs in {path} (reinstall moshi-mac)")
+    return path
 
 
 def config_path(name: str) -> Path:
@@ -154,15 +158,33 @@ def model_names() -> list[str]:
     return [e.name for e in _ENTRIES]
 
 
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def is_repo_id(text: str) -> bool:
+    """True for an `owner/name` Hugging Face repo id that is not an existing local path."""
+    return bool(_REPO_ID.fullmatch(text)) and not Path(text).exists()
+
+
+def lookup(model: str) -> ModelEntry | None:
+    """The entry of a registry name or of its repo id (names are aliases), or None."""
+    entry = REGISTRY.get(model)
+    if entry is None:
+        entry = next((e for e in _ENTRIES if e.repo.lower() == model.lower()), None)
+    return entry
+
+
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry of `name`; unknown names raise a one-line ModelNotFoundError."""
-    entry = REGISTRY.get(name)
+    """The registry entry of a name (or repo id); unknown ones raise a one-line
+    ModelNotFoundError."""
+    entry = lookup(name)
     if entry is not None:
         return entry
     close = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.0)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ModelNotFoundError(
-        f"unknown model {name!r}{hint} (known: {', '.join(REGISTRY)})")
+        f"unknown model {name!r}{hint} (known: {', '.join(REGISTRY)}; or a Hugging Face repo "
+        f"id such as kyutai/hibiki-1b-mlx-bf16, or a model folder)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -202,69 +224,26 @@ def hf_cache_dir() -> Path:
         return Path.home() / ".cache" / "huggingface" / "hub"
 
 
-def _names_from_hf_config(entry: ModelEntry, path: Path | None) -> dict[str, str]:
-    names = {"weights": entry.weights, "mimi": entry.mimi, "tokenizer": entry.tokenizer}
-    if path is None or not path.is_file():
-        return names
+def names_from_config_json(path: Path | None) -> dict[str, str]:
+    """The file names a repo's config.json gives (`moshi_name`, `mimi_name`,
+    `tokenizer_name`), by role; only plain file names (hf:// or paths point elsewhere)."""
+    if path is None or not Path(path).is_file():
+        return {}
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(Path(path).read_text())
     except (OSError, ValueError):
-        return names
+        return {}
+    names = {}
     if isinstance(raw, dict):
-        for role, key in (("weights", "moshi_name"), ("mimi", "mimi_name"),
-                          ("tokenizer", "tokenizer_name")):
+        for role, key in CONFIG_JSON_NAMES.items():
             value = raw.get(key)
-            # Only plain file names: hf:// or absolute paths point outside the repo.
             if isinstance(value, str) and value and "/" not in value and ":" not in value:
                 names[role] = value
     return names
 
 
-def _unique(paths) -> Path | None:
-    paths = sorted(set(paths))
-    return paths[0] if len(paths) == 1 else None
-
-
-def _guess(folder: Path, role: str, entry: ModelEntry) -> Path | None:
-    """A file of `role` found by pattern, when the exact name is absent (hand-placed files)."""
-    mimi_like = [p for pat in ("tokenizer-*.safetensors", "mimi*.safetensors")
-                 for p in folder.glob(pat)]
-    if role == "mimi":
-        return _unique(mimi_like)
-    if role == "tokenizer":
-        return _unique(folder.glob("tokenizer_spm_*.model")) or _unique(folder.glob("*.model"))
-    cands = [p for p in folder.glob("*.safetensors") if p not in mimi_like]
-    if entry.quantization in ("q8", "q4"):
-        cands = [p for p in cands if p.name.endswith(f".{entry.quantization}.safetensors")]
-    else:
-        cands = [p for p in cands if not p.name.endswith((".q8.safetensors", ".q4.safetensors"))]
-    return _unique(cands)
-
-
-def _from_folder(folder: Path, entry: ModelEntry) -> dict[str, Path] | None:
-    if not folder.is_dir():
-        return None
-    hf_json = folder / "config.json"
-    names = _names_from_hf_config(entry, hf_json)
-    found: dict[str, Path] = {}
-    for role in ROLES:
-        exact = folder / names[role]
-        path = exact if exact.is_file() else _guess(folder, role, entry)
-        if path is None:
-            return None
-        found[role] = path
-    if (folder / "config.toml").is_file():
-        found["config"] = folder / "config.toml"
-    elif hf_json.is_file():
-        found["config"] = hf_json
-    else:
-        found["config"] = entry.config_path
-    if hf_json.is_file():
-        found["hf_config"] = hf_json
-    return found
-
-
-def _cached(repo: str, filename: str) -> Path | None:
+def cached_file(repo: str, filename: str) -> Path | None:
+    """A file of `repo` in the Hugging Face cache (its `refs/main` snapshot), or None."""
     try:
         from huggingface_hub import try_to_load_from_cache
         hit = try_to_load_from_cache(repo, filename, cache_dir=str(hf_cache_dir()))
@@ -273,57 +252,75 @@ def _cached(repo: str, filename: str) -> Path | None:
     return Path(hit) if isinstance(hit, str) and Path(hit).is_file() else None
 
 
-def _from_hf_cache(entry: ModelEntry) -> dict[str, Path] | None:
-    hf_json = _cached(entry.repo, entry.hf_config) if entry.hf_config else None
-    names = _names_from_hf_config(entry, hf_json)
-    found: dict[str, Path] = {}
-    for role in ROLES:
-        path = _cached(entry.repo, names[role])
-        if path is None:
-            return None
-        found[role] = path
-    found["config"] = entry.config_path
-    if hf_json is not None:
-        found["hf_config"] = hf_json
-    return found
+def cached_snapshot(repo: str, entry: ModelEntry | None = None) -> Path | None:
+    """The folder of `repo`'s cached snapshot (found through its config.json, else the
+    entry's weights file), or None when nothing of it is cached. Never uses the network."""
+    for filename in ("config.json", *(entry.files if entry else ())):
+        hit = cached_file(repo, filename)
+        if hit is not None:
+            return hit.parent
+    return None
 
 
-def model_folders(entry: ModelEntry) -> list[Path]:
-    """The user weights folders searched for `entry`, in order."""
-    basename = entry.repo.split("/")[-1]
-    return [root / sub for root in weights_roots() for sub in (entry.name, basename)]
+def model_folders(target: ModelEntry | str) -> list[Path]:
+    """The user weights folders searched for a registry entry or a repo id, in order."""
+    if isinstance(target, ModelEntry):
+        subs = (target.name, target.repo.split("/")[-1])
+    else:
+        subs = (target.split("/")[-1],)
+    return [root / sub for root in weights_roots() for sub in subs]
 
 
-def local_files(entry: ModelEntry | str) -> dict[str, Path] | None:
-    """Local paths of a model's files, or None; never touches the network.
+def local_files(target: ModelEntry | str):
+    """The `modeldir.ModelFiles` of a registry name, entry or repo id found on disk, or
+    None; never touches the network (see `modeldir.local_files`)."""
+    from .modeldir import local_files as find
 
-    Keys: "weights", "mimi", "tokenizer", "config" (the config to load: a weights folder's
-    config.toml, else its config.json, else the packaged configs/<config>.toml) and, when
-    present, "hf_config" (the repo's own config.json). Search order: see the module doc.
-    """
-    if isinstance(entry, str):
-        entry = get_entry(entry)
-    for folder in model_folders(entry):
-        found = _from_folder(folder, entry)
-        if found is not None:
-            return found
-    return _from_hf_cache(entry)
+    return find(target)
 
 
 # ---------------------------------------------------------------------------------------
 # Download
 # ---------------------------------------------------------------------------------------
 
-def manual_instructions(entry: ModelEntry | str) -> str:
+def _target(target: ModelEntry | str) -> tuple[ModelEntry | None, str]:
+    """(registry entry or None, repo id) of a registry name, repo id or entry."""
+    if isinstance(target, ModelEntry):
+        return target, target.repo
+    entry = lookup(target)
+    return (entry, entry.repo) if entry is not None else (None, target)
+
+
+def hf_download_command(repo: str, files: list[str] | tuple[str, ...] = ()) -> str:
+    """The command that downloads `files` of `repo`: `hf download` (huggingface_hub >= 1),
+    `huggingface-cli download` before it."""
+    try:
+        import huggingface_hub
+        major = int(huggingface_hub.__version__.split(".")[0])
+    except (ImportError, ValueError):  # pragma: no cover - huggingface_hub is a dependency
+        major = 1
+    tool = "hf download" if major >= 1 else "huggingface-cli download"
+    return " ".join([tool, repo, *files])
+
+
+def gated_hint(repo: str) -> str:
+    """The one fix for a gated repo (Hibiki-Zero)."""
+    return (f"the repo is gated: accept its terms on https://huggingface.co/{repo}, "
+            f"then run `hf auth login`")
+
+
+def manual_instructions(target: ModelEntry | str) -> str:
     """One line telling how to put a model's files in place by hand."""
-    if isinstance(entry, str):
-        entry = get_entry(entry)
-    files = " ".join(entry.files) + (f" {entry.hf_config}" if entry.hf_config else "")
+    entry, repo = _target(target)
+    if entry is None:
+        return (f"on a machine with network run `{hf_download_command(repo)}` and copy its "
+                f"Hugging Face cache ({hf_cache_dir()}) here, or pass --weights DIR with the "
+                f"repo's files")
+    files = [*entry.files, *([entry.hf_config] if entry.hf_config else [])]
     also = f" (and {entry.hf_config})" if entry.hf_config else ""
     return (f"place {', '.join(entry.files)}{also} from {entry.url} into weights/{entry.name}/, "
-            f"or on a machine with network run `huggingface-cli download {entry.repo} {files}` "
-            f"(`hf download` with huggingface_hub >= 1.0) and copy its Hugging Face cache "
-            f"({hf_cache_dir()}) here")
+            f"or on a machine with network run `{hf_download_command(repo, files)}` and copy "
+            f"its Hugging Face cache ({hf_cache_dir()}) here")
 
 
 def _offline() -> bool:
@@ -362,12 +359,14 @@ def _unreachable() -> str | None:
     return None
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, repo: str) -> str:
     name = type(exc).__name__
     if name == "LocalEntryNotFoundError":
         return "huggingface.co could not be reached and the files are not in the local cache"
-    if name == "GatedRepoError" or " 401 " in f" {exc} ":
-        return "the repo is gated: accept its terms on huggingface.co, then `huggingface-cli login`"
+    if name == "GatedRepoError" or " 401 " in f" {exc} " or " 403 " in f" {exc} ":
+        return gated_hint(repo)
+    if name == "RepositoryNotFoundError":
+        return f"no repo {repo} on huggingface.co (or it is private: run `hf auth login`)"
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     text = lines[0] if lines else ""
     if len(text) > 160:
@@ -375,10 +374,14 @@ def _reason(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def _fail(entry: ModelEntry, reason: str) -> ModelNotFoundError:
+def _fail(target: ModelEntry | str, reason: str) -> ModelNotFoundError:
+    entry, repo = _target(target)
+    label = entry.name if entry is not None else repo
+    if reason.startswith("the repo is gated"):  # the whole fix; nothing else to say
+        return ModelNotFoundError(f"cannot download {label}: {reason}")
     return ModelNotFoundError(
-        f"cannot download {entry.name} from {entry.url} ({reason}); "
-        + manual_instructions(entry))
+        f"cannot download {label} from https://huggingface.co/{repo} ({reason}); "
+        + manual_instructions(target))
 
 
 def _missing_remote(exc: BaseException) -> bool:
@@ -390,58 +393,64 @@ def _missing_remote(exc: BaseException) -> bool:
     return isinstance(exc, EntryNotFoundError) and not isinstance(exc, LocalEntryNotFoundError)
 
 
-def download(name: str, progress: bool = True) -> dict[str, Path]:
-    """Download a model's files into the Hugging Face cache; return their paths.
+def download(target: ModelEntry | str, progress: bool = True) -> Path:
+    """Download a model (registry name or entry, or a repo id) into the Hugging Face cache;
+    return the snapshot folder that holds its files.
 
-    The repo's config.json is fetched first (if the repo has one) and its file names win.
+    The repo's config.json is fetched first and its file names (`moshi_name`, `mimi_name`,
+    `tokenizer_name`) win over the entry's; a repo outside the registry must have one.
     Any failure (offline, HF_HUB_OFFLINE=1, no route, gated repo, missing file) raises a
-    one-line ModelNotFoundError saying how to place the files by hand.
+    one-line ModelNotFoundError saying what to do.
     """
-    entry = get_entry(name)
+    entry, repo = _target(target)
     if _offline():
-        raise _fail(entry, "HF_HUB_OFFLINE is set")
+        raise _fail(target, "HF_HUB_OFFLINE is set")
     why = _unreachable()
     if why is not None:
-        raise _fail(entry, why)
+        raise _fail(target, why)
     try:
         import huggingface_hub
         from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
                                            enable_progress_bars)
     except ImportError as e:
-        raise _fail(entry, f"huggingface_hub is not installed: {e}") from None
+        raise _fail(target, f"huggingface_hub is not installed: {e}") from None
     cache = str(hf_cache_dir())
 
     def fetch(filename: str) -> Path:
-        return Path(huggingface_hub.hf_hub_download(entry.repo, filename, cache_dir=cache))
+        return Path(huggingface_hub.hf_hub_download(repo, filename, cache_dir=cache))
 
     was_disabled = are_progress_bars_disabled()
     if not progress:
         disable_progress_bars()
     try:
         hf_json: Path | None = None
-        if entry.hf_config:
+        if entry is None or entry.hf_config:
             try:
-                hf_json = fetch(entry.hf_config)
+                hf_json = fetch("config.json")
             except Exception as e:
-                if not _missing_remote(e):
+                if entry is None or not _missing_remote(e):
                     raise
-        names = _names_from_hf_config(entry, hf_json)
-        found = {role: fetch(names[role]) for role in ROLES}
+        names = dict(zip(ROLES, entry.files)) if entry is not None else {}
+        names.update(names_from_config_json(hf_json))
+        missing = [CONFIG_JSON_NAMES[r] for r in ROLES if r not in names]
+        if missing:
+            raise ModelNotFoundError(
+                f"{repo}'s config.json names no {', '.join(missing)}: it is not a Kyutai model "
+                f"repo; pass --weights DIR with its files")
+        found = [fetch(names[role]) for role in ROLES]
+    except ModelNotFoundError:
+        raise
     except Exception as e:
-        raise _fail(entry, _reason(e)) from None
+        raise _fail(target, _reason(e, repo)) from None
     finally:
         if not progress and not was_disabled:
             enable_progress_bars()
-    found["config"] = entry.config_path
-    if hf_json is not None:
-        found["hf_config"] = hf_json
-    return found
+    return found[0].parent
 
 
-def ensure(name: str, progress: bool = True) -> dict[str, Path]:
-    """Local files first (see `local_files`), else download on first use."""
-    entry = get_entry(name)
-    found = local_files(entry)
-    if found is not None:
-        return found
-    return download(entry.name, progress=progress)
+def ensure(target: str, progress: bool = True):
+    """`modeldir.ModelFiles` of a registry name or repo id: local files first (see
+    `local_files`), else downloaded on first use."""
+    from .modeldir import resolve
+
+    return resolve(target, progress=progress)

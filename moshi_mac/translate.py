@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .engine import FRAME_S
 from .errors import MoshiMacError
+from .tables import Column
 
 DEFAULT_MAX_TAIL_S = 15.0
 
@@ -33,7 +34,7 @@ def register(subparsers) -> None:
         description="Run a model over audio files and write the generated speech, "
                     "timed subtitles and a JSON transcript for each.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="wav, mp3, flac or ogg files")
-    p.add_argument("-o", "--out", type=Path,
+    p.add_argument("-o", "--output", dest="out", type=Path,
                    help="output folder, or (one input) the output .wav; default: beside each input")
     add_model_args(p)
     p.add_argument("--subtitles", choices=["srt", "vtt"], default="srt", help="default: srt")
@@ -217,9 +218,21 @@ def write_outputs(plan: Outputs, model, session, result, src_pcm, report) -> Non
         interrupted=result.interrupted, ending=_ending(model, result))
 
 
-def main(args) -> int:
-    from rich.table import Table
+SUMMARY_COLUMNS = [Column("input", fold=True), Column("output", fold=True),
+                   Column("steps", drop=2, justify="right"), Column("wall", drop=3, justify="right"),
+                   Column("steps/s", drop=1, justify="right"), Column("RTF", justify="right"),
+                   Column("ending", fold=True)]
 
+
+def summary_table(title: str, rows: list[list[str]], width: int):
+    """The end-of-run summary: at 80 columns, wall, steps and steps/s go and file names
+    wrap rather than being cut."""
+    from .tables import fit_table
+
+    return fit_table(title, SUMMARY_COLUMNS, rows, width)
+
+
+def main(args) -> int:
     from .audio_io import read_audio
     from .cli import console
     from .codec import FRAME_SIZE
@@ -240,10 +253,8 @@ def main(args) -> int:
     what = "translating" if model.is_hibiki else "answering"
     console.print(f"[dim]model[/] {model.name}: {model.cfg.summary()}", highlight=False)
 
-    summary = Table(title=f"moshi-mac translate ({model.name}, "
-                          f"{'sequential' if args.sequential else 'pipelined'})")
-    for col in ("input", "output", "steps", "wall", "steps/s", "RTF", "ending"):
-        summary.add_column(col)
+    title = f"moshi-mac translate ({model.name}, {'sequential' if args.sequential else 'pipelined'})"
+    rows = []
     rc = 0
     for (pcm, report), plan in zip(audio, plans):
         input_steps = -(-pcm.size // FRAME_SIZE) + 1
@@ -261,9 +272,9 @@ def main(args) -> int:
         write_outputs(plan, model, session, result, pcm, report)
         wall = max(result.wall_s, 1e-9)
         rtf = f"{wall / (result.steps * FRAME_S):.2f}" if result.steps else "-"
-        summary.add_row(report.path.name, f"{plan.wav.name} ({result.duration:.2f} s)",
-                        str(result.steps), f"{wall:.1f} s", f"{result.steps / wall:.1f}", rtf,
-                        _ending(model, result))
+        rows.append([report.path.name, f"{plan.wav.name} ({result.duration:.2f} s)",
+                     str(result.steps), f"{wall:.1f} s", f"{result.steps / wall:.1f}", rtf,
+                     _ending(model, result)])
         console.print("[green]wrote[/] " + ", ".join(str(p) for p in plan.all()), highlight=False)
         if result.early_eos:
             console.print(f"[yellow]warning:[/] the model sampled the end of text "
@@ -271,7 +282,7 @@ def main(args) -> int:
         if result.interrupted:
             rc = 130
             break
-    console.print(summary)
+    console.print(summary_table(title, rows, console.width))
     if rc:
         console.print("interrupted: the outputs above are complete files holding what was "
                       "generated before Ctrl-C")

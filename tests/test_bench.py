@@ -2,7 +2,9 @@
 
 - The benchmark runs end to end (`--quick`: tiny Hibiki shape, the three implementations,
   bandwidth, Mimi, file mode) and writes valid JSON, a PNG plot and Markdown tables.
-- Without the checkout's benchmarks/ folder, the command fails with one line.
+- The harness is part of the package; without the PyTorch/moshi_mlx references the
+  default run says so in one line and measures moshi-mac alone, and asking for a missing
+  reference by name is one error line.
 - A streaming step makes no device sync, and splitting matmuls over CPU streams changes
   no token (the split is by output rows: every dot product is the same).
 - The report's aggregation, ratios and bytes-per-step bookkeeping.
@@ -11,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import mlx.core as mx
@@ -25,21 +26,19 @@ from moshi_mac.models import Lm
 from moshi_mac.models.layers import cpu_streams, prepare_dense
 from moshi_mac.random_model import random_lm_tensors, tiny_config
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from moshi_mac.bench import impls, report, run
+from moshi_mac.bench.common import bench_config, n_params, step_bytes
 
-import impls  # noqa: E402
-import report  # noqa: E402
-from common import bench_config, n_params, step_bytes  # noqa: E402
+from .conftest import require_reference
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.reference
-def test_quick_bench_writes_json_png_and_markdown(tmp_path, shared_mimi, monkeypatch):
-    pytest.importorskip("moshi_mlx")
-    pytest.importorskip("moshi")
-    monkeypatch.setenv("MOSHI_MAC_BENCH_CACHE", str(shared_mimi.parent))
+def test_quick_bench_writes_json_png_and_markdown(tmp_path, shared_mimi):
+    require_reference("moshi_mlx", "moshi", "torch")
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
-    assert cli.main(["bench", "--quick", "--out", str(out), "--markdown", str(md)]) == 0
+    assert cli.main(["bench", "--quick", "-o", str(out), "--markdown", str(md)]) == 0
     data = json.loads(out.read_text())
     assert data["bandwidth"]["read_gbs"] > 0
     rows = {r["impl"]: r for r in data["lm"]}
@@ -63,14 +62,27 @@ def test_quick_bench_writes_json_png_and_markdown(tmp_path, shared_mimi, monkeyp
     assert "| model | shape | impl | dtype |" in text and "moshi-mac / moshi_mlx" in text
 
 
-def test_bench_without_benchmarks_folder_is_one_line(tmp_path, monkeypatch, capsys):
-    from moshi_mac import bench
+def test_bench_without_references_runs_moshi_mac_alone(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(run, "missing_modules",
+                        lambda impl: {"moshi_mlx": ["moshi_mlx"], "pytorch": ["torch"]}.get(impl, []))
+    args = cli.build_parser().parse_args(["bench", "--quick", "-o", str(tmp_path / "b.json")])
+    run.check_args(args, pytest.fail)
+    assert args.impls == ["moshi-mac"]
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "moshi_mlx, torch" in lines[0] and "moshi-mac alone" in lines[0]
+    assert "moshi-mac[reference]" in lines[0]  # printed as is, not eaten as rich markup
 
-    monkeypatch.setattr(bench, "__file__", str(tmp_path / "moshi_mac" / "bench.py"))
-    assert cli.main(["bench", "--quick"]) == 1
+    assert cli.main(["bench", "--quick", "--impls", "pytorch", "-o", str(tmp_path / "c.json")]) == 1
     err = capsys.readouterr().err.strip()
-    assert "benchmarks/" in err and "source checkout" in err
-    assert "Traceback" not in err
+    assert "torch" in err and "not installed" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_bench_outputs_default_to_the_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("MOSHI_MAC_CACHE", str(tmp_path / "cache"))
+    args = cli.build_parser().parse_args(["bench", "--quick"])
+    assert args.output == tmp_path / "cache" / "bench" / "bench.json"
+    assert "bench" in cli.build_parser()._subparsers._group_actions[0].choices
 
 
 # ---------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def test_json_pytorch_gating_rule():
     # PyTorch sizes a gated MLP with ff == 4 * d as 21 * d / 8 (Rust: 11 * d / 4).
     cfg = from_json_dict({"dim": 64, "num_heads": 4, "num_layers": 1, "hidden_scale": 4,
                           "gating": "silu", "n_q": 2, "dep_q": 1, "delays": [0, 0, 0],
-                          "depformer_dim": 32, "text_card": 10, "card": 8})
+                          "depformer_dim": 32, "text_card": 10, "card": 8, "model_type": "moshi"})
     assert cfg.transformer.mlp_hidden == 21 * 64 // 8
 
 

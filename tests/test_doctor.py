@@ -259,7 +259,7 @@ def _run(text, audio_level=0.0, lm=0.01, codec=0.01, steps=None):
     steps = steps or len(text)
     noise = np.random.default_rng(0).standard_normal(steps * FRAME_SIZE)
     audio = (audio_level * noise).astype(np.float32)
-    return behaviour.GenRun(list(text), audio, [lm] * steps, [codec] * steps)
+    return behaviour.GenRun(list(text), audio, [lm] * steps, [codec / 2] * steps, [codec / 2] * steps)
 
 
 def test_silence_and_text_checks_on_crafted_runs(make_model):
@@ -286,7 +286,7 @@ def test_speed_check():
     marginal = behaviour.check_speed(_run([3] * 20, lm=0.05, codec=0.025))  # 13.3 steps/s
     assert marginal.status == base.FAIL and "marginal" in marginal.figures
     slow = behaviour.check_speed(_run([3] * 20, lm=0.2, codec=0.1))
-    assert slow.status == base.FAIL and "too slow" in slow.figures
+    assert slow.status == base.FAIL and "too slow" in slow.figures and "LM bounds" in slow.figures
 
 
 def _quiet_pad_model(folder: Path):

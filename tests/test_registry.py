@@ -11,6 +11,7 @@ import pytest
 from moshi_mac import registry
 from moshi_mac.config import load_config
 from moshi_mac.errors import ModelNotFoundError
+from moshi_mac.modeldir import ModelFiles, from_dir
 
 NAMES = [e.name for e in registry.list_models()]
 REAL_OFFLINE = registry._offline
@@ -109,10 +110,11 @@ def test_local_lookup_in_weights_folder(isolated):
     _fill(weights / e.name, e.files)
     found = registry.local_files(e)
     assert found is not None
-    assert found["weights"] == weights / e.name / e.weights
-    assert found["mimi"] == weights / e.name / e.mimi
-    assert found["tokenizer"] == weights / e.name / e.tokenizer
-    assert found["config"] == e.config_path  # no config in the folder: the packaged one
+    assert found.weights == weights / e.name / e.weights
+    assert found.mimi == weights / e.name / e.mimi
+    assert found.tokenizer == weights / e.name / e.tokenizer
+    assert found.config == e.config_path  # no config in the folder: the packaged one
+    assert found.packaged_config is None
     assert registry.ensure(e.name) == found  # local first: no download attempted
 
 
@@ -125,9 +127,9 @@ def test_weights_folder_config_and_guessed_names(isolated):
                    "tokenizer-abc-checkpoint1.safetensors", "tokenizer_spm_32k_3.model"])
     (folder / "config.toml").write_text("")
     found = registry.local_files(e.name)
-    assert found["weights"].name == "moshika.q4.safetensors"
-    assert found["mimi"].name == "tokenizer-abc-checkpoint1.safetensors"
-    assert found["config"] == folder / "config.toml"
+    assert found.weights.name == "moshika.q4.safetensors"
+    assert found.mimi.name == "tokenizer-abc-checkpoint1.safetensors"
+    assert found.config == folder / "config.toml"
 
 
 def test_weights_folder_config_json_names_win(isolated):
@@ -139,9 +141,10 @@ def test_weights_folder_config_json_names_win(isolated):
         {"moshi_name": "b.safetensors", "mimi_name": "mimi-x.safetensors",
          "tokenizer_name": "tok.model"}))
     found = registry.local_files(e)
-    assert found["weights"] == folder / "b.safetensors"
-    assert found["tokenizer"] == folder / "tok.model"
-    assert found["config"] == found["hf_config"] == folder / "config.json"
+    assert found.weights == folder / "b.safetensors"
+    assert found.tokenizer == folder / "tok.model"
+    assert found.config == folder / "config.json"  # the shipped config wins
+    assert found.packaged_config == e.config_path  # the fallback, compared at check time
 
 
 def test_local_lookup_in_hf_cache(isolated):
@@ -154,8 +157,8 @@ def test_local_lookup_in_hf_cache(isolated):
     (refs / "main").write_text("abc123")
     found = registry.local_files(e)
     assert found is not None
-    assert found["weights"] == snap / e.weights
-    assert found["config"] == e.config_path
+    assert found.weights == snap / e.weights
+    assert found.config == e.config_path
 
 
 def test_default_weights_roots_include_repo_weights():
@@ -180,7 +183,7 @@ def test_offline_download_error_is_one_line(isolated, monkeypatch):
     for f in e.files:
         assert f in msg
     assert f"weights/{e.name}/" in msg
-    assert f"huggingface-cli download {e.repo}" in msg
+    assert f"{registry.hf_download_command(e.repo)} " in msg
     assert ei.value.__suppress_context__ or ei.value.__cause__ is None
 
 
@@ -234,12 +237,12 @@ def test_simulated_download_returns_paths(isolated, monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
     found = registry.ensure(e.name, progress=False)
     assert [f for _, f in calls] == ["config.json", *e.files]
+    assert isinstance(found, ModelFiles) and found.expect_quant == "q8"
     assert all(r == e.repo for r, _ in calls)
     for role, fname in zip(registry.ROLES, e.files):
-        assert found[role] == tmp_path / "dl" / e.repo / fname
-        assert found[role].is_file()
-    assert found["config"] == e.config_path
-    assert "hf_config" not in found
+        assert getattr(found, role) == tmp_path / "dl" / e.repo / fname
+        assert getattr(found, role).is_file()
+    assert found.config == e.config_path
 
 
 def test_simulated_download_uses_repo_config_names(isolated, monkeypatch, tmp_path):
@@ -249,10 +252,10 @@ def test_simulated_download_uses_repo_config_names(isolated, monkeypatch, tmp_pa
     files = {"config.json": json.dumps(names).encode(), **{n: b"x" for n in names.values()}}
     fake, calls = _fake_hub(tmp_path, files)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
-    found = registry.download(e.name)
-    assert found["weights"].name == "hibiki-real@1.safetensors"
-    assert found["tokenizer"].name == "tok-real.model"
-    assert found["hf_config"].name == "config.json"
+    found = from_dir(registry.download(e.name), entry=e)
+    assert found.weights.name == "hibiki-real@1.safetensors"
+    assert found.tokenizer.name == "tok-real.model"
+    assert found.config.name == "config.json" and found.packaged_config == e.config_path
     assert [f for _, f in calls] == ["config.json", *names.values()]
 
 
@@ -282,3 +285,79 @@ def test_progress_flag_restores_progress_bars(isolated, monkeypatch, tmp_path):
     registry.download(e.name, progress=False)
     assert seen and all(seen)
     assert not are_progress_bars_disabled()
+
+
+def test_gated_repo_is_one_line(isolated, monkeypatch):
+    from huggingface_hub.errors import GatedRepoError
+
+    def gated(*a, **k):
+        raise GatedRepoError("401 Client Error.\nCannot access gated repo for url ...",
+                             response=None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", gated)
+    e = registry.get_entry("hibiki-zero-3b-pytorch-bf16")
+    with pytest.raises(ModelNotFoundError) as ei:
+        registry.ensure(e.name)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert f"accept its terms on https://huggingface.co/{e.repo}" in msg
+    assert msg.endswith("then run `hf auth login`")
+
+
+def test_download_hint_follows_huggingface_hub_version(monkeypatch):
+    monkeypatch.setattr(huggingface_hub, "__version__", "1.2.0")
+    assert registry.hf_download_command("kyutai/x", ["a"]) == "hf download kyutai/x a"
+    monkeypatch.setattr(huggingface_hub, "__version__", "0.36.2")
+    assert registry.hf_download_command("kyutai/x") == "huggingface-cli download kyutai/x"
+
+
+def test_repo_id_is_an_alias_and_any_repo_with_config_json_resolves(isolated, monkeypatch,
+                                                                    tmp_path):
+    from moshi_mac.modeldir import resolve
+
+    assert registry.lookup("kyutai/hibiki-1b-mlx-bf16").name == "hibiki-1b-bf16"
+    names = {"moshi_name": "lm.safetensors", "mimi_name": "mimi-x.safetensors",
+             "tokenizer_name": "tok.model"}
+    files = {"config.json": json.dumps(names).encode(), **{n: b"x" for n in names.values()}}
+    fake, calls = _fake_hub(tmp_path, files)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    found = resolve("someone/my-finetune", progress=False)
+    assert found.name == "someone/my-finetune" and found.weights.name == "lm.safetensors"
+    assert found.config.name == "config.json" and found.packaged_config is None
+    assert found.expect_quant is None
+    assert [f for _, f in calls] == ["config.json", *names.values()]
+    # a repo whose config.json names no files is refused in one line
+    fake, _ = _fake_hub(tmp_path, {"config.json": b"{}"})
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    with pytest.raises(ModelNotFoundError) as ei:
+        resolve("someone/other", progress=False)
+    assert "\n" not in str(ei.value) and "names no moshi_name" in str(ei.value)
+    # a typo that is no repo id still names the closest registry name
+    with pytest.raises(ModelNotFoundError, match="did you mean 'hibiki-1b-bf16'"):
+        resolve("hibiki-1b-bf61", download=False)
+
+
+def test_one_resolver_for_every_path(isolated):
+    """A folder resolves to the same files under --model DIR, --weights DIR, a registry
+    weights folder, doctor and convert (one resolver: modeldir.from_dir)."""
+    from moshi_mac.convert import source_files
+    from moshi_mac.doctor import resolve_for_doctor
+    from moshi_mac.modeldir import resolve
+
+    weights, _ = isolated
+    e = registry.get_entry("hibiki-1b-bf16")
+    folder = weights / e.name
+    _fill(folder, e.files)
+    (folder / "config.json").write_text(json.dumps({"moshi_name": e.weights}))
+    want = (folder / "config.json", folder / e.weights, folder / e.mimi, folder / e.tokenizer)
+    for files in (resolve(str(folder)), resolve(weights=folder), source_files(folder),
+                  resolve_for_doctor(None, folder, None)[0], resolve(e.name, download=False),
+                  resolve(e.repo, download=False)):
+        assert (files.config, files.weights, files.mimi, files.tokenizer) == want
+
+
+def test_packaged_configs_have_one_home():
+    """The configs are package data; the checkout's top-level configs/ is a link to them."""
+    root = Path(registry.__file__).resolve().parent.parent
+    assert registry.config_dir() == Path(registry.__file__).resolve().parent / "configs"
+    if (root / "configs").exists():
+        assert (root / "configs").resolve() == registry.config_dir()

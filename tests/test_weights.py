@@ -209,23 +209,11 @@ def test_header_reader_rejects_non_safetensors(tmp_path):
 
 def _sparse_real_shape_weights(cfg, path):
     """A real-shape bf16 MLX-layout file whose data is a hole: `check` reads headers only."""
-    import json
-    import math
-    import struct
-
     from moshi_mac.weights import expected_mlx_shapes
 
-    header, offset = {}, 0
-    for name, shape in expected_mlx_shapes(cfg).items():
-        n = math.prod(shape) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        f.truncate(8 + len(raw) + offset)
+    from .header_only import write_header_only
+
+    write_header_only(path, {k: ("BF16", s) for k, s in expected_mlx_shapes(cfg).items()})
 
 
 def test_classic_failure_real_shapes(make_model, tmp_path, capsys):

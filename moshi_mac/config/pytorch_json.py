@@ -1,12 +1,18 @@
 """The Hugging Face `config.json` schema: the keyword arguments of PyTorch
-`moshi.models.lm.LMModel`, converted to and from our `LmConfig` (a missing key takes
-LMModel's default; PyTorch's and Rust's gated-MLP width rules are reconciled)."""
+`moshi.models.lm.LMModel`, converted to and from our `LmConfig`.
+
+Read the way `LMModel` reads them: a missing key takes LMModel's default; the depformer
+takes every main-transformer setting (kv_repeat, gating, max_period, layer_scale, norm,
+num_layers, ...) unless a `depformer_`-prefixed key overrides it; `depformer_dim_feedforward`
+null means hidden_scale x depformer_dim; PyTorch's and Rust's gated-MLP width rules are
+reconciled. A file without `model_type` gets its family inferred (`family.py`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..errors import ConfigError
+from .family import infer_model_type
 from .rust_toml import _closest, _default_conditions
 from .schema import (MODEL_TYPES, DepformerConfig, ExtraConfig, ExtraHeadsConfig, GenerationConfig,
                      LmConfig, LutConditionerConfig, TransformerConfig)
@@ -134,7 +140,9 @@ def from_json_dict(raw: dict, source: str = "config.json") -> LmConfig:
     for method, names in fuser.items():
         if method != "sum" and names:
             fail(f"fuser method {method!r} is not supported (only 'sum')")
-    model_type = raw.get("model_type", "moshi")
+    model_type = raw.get("model_type")
+    if model_type is not None and model_type not in MODEL_TYPES:
+        fail(f"model_type {model_type!r} is not supported (supported: {', '.join(MODEL_TYPES)})")
     gen_raw = dict(raw.get("lm_gen_config") or {})
     gen = GenerationConfig()
     for key in ("temp", "top_k", "temp_text", "top_k_text", "cfg_coef"):
@@ -151,7 +159,7 @@ def from_json_dict(raw: dict, source: str = "config.json") -> LmConfig:
         audio_vocab_size=j["card"] + 1, audio_codebooks=j["n_q"],
         conditioners=conditioners, extra_heads=extra_heads,
         moshi_mac=ExtraConfig(
-            model_type=model_type if model_type in MODEL_TYPES else "moshi",
+            model_type=model_type or "moshi",
             delays=list(j["delays"]),
             depformer_weights_per_step_schedule=j["depformer_weights_per_step_schedule"],
             depformer_norm=j["depformer_norm"],
@@ -165,6 +173,9 @@ def from_json_dict(raw: dict, source: str = "config.json") -> LmConfig:
             generation=gen,
         ),
     )
+    if model_type is None:  # PyTorch defaults to "moshi"; a Hibiki file would then misrun
+        cfg.moshi_mac.model_type = infer_model_type(cfg, source, '"model_type": "{}"')
+        cfg.moshi_mac.text_eos_alias_pad = cfg.moshi_mac.model_type == "hibiki"
     return cfg.validate(source)
 
 

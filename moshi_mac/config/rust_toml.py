@@ -11,8 +11,10 @@ import difflib
 from typing import Any
 
 from ..errors import ConfigError
+from .family import infer_model_type
 from .schema import (DepformerConfig, ExtraConfig, ExtraHeadsConfig, GenerationConfig, LmConfig,
                      LutConditionerConfig, TransformerConfig)
+
 
 def _closest(key: str, known) -> str:
     match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
@@ -81,6 +83,7 @@ def from_toml_dict(data: dict, source: str = "config") -> LmConfig:
         if extra_heads is not None:
             extra_heads = _build(ExtraHeadsConfig, extra_heads, "extra_heads")
         mm = dict(data.pop("moshi_mac", {}))
+        family_given = "model_type" in mm
         gen = _build(GenerationConfig, mm.pop("generation", {}), "moshi_mac.generation")
         extra = _build(ExtraConfig, {**mm, "generation": gen}, "moshi_mac")
         cfg = _build(LmConfig, {
@@ -92,6 +95,11 @@ def from_toml_dict(data: dict, source: str = "config") -> LmConfig:
         raise ConfigError(f"{source}: {e}") from None
     except TypeError as e:  # pragma: no cover - defensive
         raise ConfigError(f"{source}: {e}") from None
+    if not family_given:  # Kyutai's own TOML files have no [moshi_mac] table
+        cfg.moshi_mac.model_type = infer_model_type(
+            cfg, source, 'model_type = "{}" to a [moshi_mac] table', not cfg.moshi_mac.delays)
+        if "text_eos_alias_pad" not in mm:
+            cfg.moshi_mac.text_eos_alias_pad = cfg.moshi_mac.model_type == "hibiki"
     if not cfg.moshi_mac.delays:
         cfg.moshi_mac.delays = default_delays(cfg)
     _default_conditions(cfg.moshi_mac.generation, cfg.conditioners)

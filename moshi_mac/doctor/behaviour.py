@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..codec import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
+from ..codec import FRAME_SIZE, SAMPLE_RATE
+from . import speed
 from .base import (CheckResult, EOS_ID, FAIL, SILENCE_LIMITS, SILENCE_SKIP_FRAMES,
-    SPEED_MIN_RTF, TEXT_MAX_EOS, TEXT_MAX_RUN, TEXT_MAX_SHARE, TEXT_MIN_PAD,
-    TEXT_SHARE_MIN_TOKENS, WARMUP_STEPS, _db, _result)
+    TEXT_MAX_EOS, TEXT_MAX_RUN, TEXT_MAX_SHARE, TEXT_MIN_PAD, TEXT_SHARE_MIN_TOKENS, _db,
+    _result)
 
 
 # ---------------------------------------------------------------------------------------
@@ -24,7 +25,8 @@ class GenRun:
     text: list[int]
     audio: np.ndarray
     lm_seconds: list[float] = field(default_factory=list)
-    codec_seconds: list[float] = field(default_factory=list)
+    encode_seconds: list[float] = field(default_factory=list)
+    decode_seconds: list[float] = field(default_factory=list)
 
 
 def run_generation(model, encoder, decoder, pcm: np.ndarray, seed: int = 0) -> GenRun:
@@ -51,8 +53,9 @@ def run_generation(model, encoder, decoder, pcm: np.ndarray, seed: int = 0) -> G
             if len(tokens) > 1:
                 chunks.append(decoder.decode_step(tokens[1:]))
         t3 = time.perf_counter()
+        run.encode_seconds.append(t1 - t0)
         run.lm_seconds.append(t2 - t1)
-        run.codec_seconds.append((t1 - t0) + (t3 - t2))
+        run.decode_seconds.append(t3 - t2)
     run.audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return run
 
@@ -99,20 +102,6 @@ def check_text(run: GenRun, cfg) -> CheckResult:
 
 
 def check_speed(run: GenRun) -> CheckResult:
-    threshold = f">= {SPEED_MIN_RTF:g}x real time ({FRAME_RATE:g} steps/s) with Mimi"
-    lm = run.lm_seconds[WARMUP_STEPS:]
-    codec = run.codec_seconds[WARMUP_STEPS:]
-    if not lm:
-        return CheckResult("speed", FAIL, "too few steps to time (run longer)", threshold)
-    lm_rate = len(lm) / sum(lm)
-    rate = len(lm) / (sum(lm) + sum(codec))
-    rtf = rate / FRAME_RATE
-    if rtf >= SPEED_MIN_RTF:
-        verdict = f"live: OK ({100 * (rtf - 1):.0f}% headroom)"
-    elif rtf >= 1.0:
-        verdict = "live: marginal, expect stutter under load; try q8/q4 or close other apps"
-    else:
-        verdict = "live: too slow; use `translate` on files, or a q8/q4 model"
-    figures = (f"LM {lm_rate:.1f} steps/s, with Mimi {rate:.1f} steps/s = {rtf:.2f}x real time "
-               f"over {len(lm)} steps; {verdict}")
-    return _result("speed", rtf >= SPEED_MIN_RTF, figures, threshold)
+    """The speed check (speed.py) on this run's per-stage timings."""
+    return speed.check_speed(speed.StageTimes(run.encode_seconds, run.lm_seconds,
+                                              run.decode_seconds))

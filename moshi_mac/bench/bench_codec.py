@@ -7,7 +7,7 @@
   wall time and real-time factor (wall / audio duration) with the Mimi stages on their own
   threads (pipelined) and all on one thread (sequential), alternately, same input and seed.
 
-    python benchmarks/bench_codec.py --case '{"kind": "e2e", "model": "hibiki-1b",
+    python -m moshi_mac.bench.bench_codec --case '{"kind": "e2e", "model": "hibiki-1b",
         "shape": "tiny", "dtype": "fp32", "seconds": 10}'
 
 prints `@@RESULT@@ {json}` like bench_lm.py.
@@ -17,35 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from moshi_mac.mimi_random import cached_random_mimi
 
-from common import ROOT, bench_config, loadavg, peak_rss_bytes  # noqa: E402
+from .common import bench_config, loadavg, peak_rss_bytes
 
 MARK = "@@RESULT@@"
-# Where the random Mimi checkpoint is kept between runs.
-CACHE = Path(os.environ.get("MOSHI_MAC_BENCH_CACHE", ROOT / "benchmarks" / "out" / "cache"))
-
-
-def random_mimi() -> Path:
-    """A random Mimi checkpoint (all 32 codebooks), written once and kept in the cache."""
-    from moshi_mac.codec import MIMI_FILE
-    from moshi_mac.mimi_random import write_random_mimi
-
-    path = CACHE / MIMI_FILE
-    if not path.is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        write_random_mimi(tmp, seed=0)
-        tmp.replace(path)
-    return path
 
 
 def test_signal(seconds: float, seed: int = 0) -> np.ndarray:
@@ -65,7 +46,7 @@ def mimi_case(spec: dict) -> dict:
     from moshi_mac.codec import FRAME_SIZE, Mimi
 
     rec = dict(spec, loadavg_before=loadavg())
-    path = random_mimi()
+    path = cached_random_mimi(0)
     n_q, frames = spec.get("codebooks", 8), spec.get("frames", 50)
     pcm = test_signal((frames + 5) * FRAME_SIZE / 24000).reshape(-1, FRAME_SIZE)
     enc, dec = Mimi(path, n_q), Mimi(path, n_q)
@@ -115,13 +96,13 @@ def e2e_case(spec: dict) -> dict:
     except (ImportError, AttributeError) as e:
         rec["status"] = f"unavailable: engine.Session cannot be used ({e})"
         return rec
-    import impls
+    from . import impls
 
     cfg = bench_config(spec["model"], spec["shape"], spec.get("context"))
     t0 = time.perf_counter()
     runner = impls.build("moshi-mac", cfg, spec["dtype"], seed=0)
     rec["build_s"] = round(time.perf_counter() - t0, 2)
-    files = SimpleNamespace(mimi=random_mimi(), name=f"random {spec['model']} ({spec['shape']})")
+    files = SimpleNamespace(mimi=cached_random_mimi(0), name=f"random {spec['model']} ({spec['shape']})")
     loaded = session_api[2](files, cfg, runner.model, _Tokens())
     pcm = test_signal(spec.get("seconds", 10.0))
     results = {"pipelined": [], "sequential": []}

@@ -2,14 +2,14 @@
 """One LM case of the benchmark, in its own process: an implementation (moshi-mac,
 moshi_mlx, pytorch) at a model's shape (real or tiny) and a dtype.
 
-    python benchmarks/bench_lm.py --case '{"impl": "moshi-mac", "model": "hibiki-1b",
+    python -m moshi_mac.bench.bench_lm --case '{"impl": "moshi-mac", "model": "hibiki-1b",
         "shape": "tiny", "dtype": "fp32", "steps": 100, "warmup": 20, "repeats": 5}'
 
 prints one line `@@RESULT@@ {json}`: ms per step and steps/s (median of the per-repeat
 means, spread = min-max of those means, warm-up excluded), the split of a step, the
 samplers alone, syncs and graph nodes per step, build time, peak RSS (the process's own,
 so each implementation is measured alone) and the load average before and after. The whole
-benchmark (`moshi-mac bench`, benchmarks/run.py) runs one such process per case.
+benchmark (`moshi-mac bench`, moshi_mac/bench/run.py) runs one such process per case.
 Without --case, this runs `run.py --sections lm` with the same arguments.
 """
 
@@ -18,21 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import bench_config, loadavg, n_params, peak_rss_bytes, summarize  # noqa: E402
+from .common import bench_config, loadavg, n_params, peak_rss_bytes, summarize
 
 MARK = "@@RESULT@@"
 
 
 def run_case(spec: dict) -> dict:
-    import impls
+    from . import impls
 
     rec = dict(spec)
     cfg = bench_config(spec["model"], spec["shape"], spec.get("context"))
@@ -94,7 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--case", help="a JSON case (see the module docstring)")
     args, rest = p.parse_known_args(argv)
     if args.case is None:
-        import run
+        from . import run
 
         return run.main(["--sections", "lm", *rest])
     rec = run_case(json.loads(args.case))

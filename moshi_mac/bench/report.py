@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from common import FRAME_RATE, bench_config, step_bytes
+from .common import FRAME_RATE, bench_config, step_bytes
 
 ORDER = {"moshi-mac": 0, "moshi_mlx": 1, "pytorch": 2, "pytorch-mps": 3, "pytorch-cuda": 3}
 DTYPE_ORDER = {"fp32": 0, "bf16": 1, "fp16": 2, "q8": 3, "q4": 4}

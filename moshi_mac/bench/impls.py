@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import QUANT, mlx_random_tensors, torch_fill_random_
+from .common import QUANT, mlx_random_tensors, torch_fill_random_
 
 AUDIO = {"temp": 0.8, "top_k": 250}
 TEXT = {"temp": 0.7, "top_k": 25}

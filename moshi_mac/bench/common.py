@@ -17,14 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# The moshi_mac package measured: this checkout's, or another source tree (e.g. an older
-# commit, `git archive`d) for before/after numbers. configs/ are always this checkout's.
-SOURCE = Path(os.environ.get("MOSHI_MAC_SOURCE", ROOT))
-if str(SOURCE) not in sys.path:
-    sys.path.insert(0, str(SOURCE))
-
-from moshi_mac.config import LmConfig, load_config  # noqa: E402
+from moshi_mac.config import LmConfig, load_config
+from moshi_mac.registry import config_dir
 
 FRAME_RATE = 12.5  # Mimi frames per second: a step per frame is real time
 POOL = 1 << 24
@@ -33,7 +27,7 @@ FLOAT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 def config_names() -> list[str]:
-    return sorted(p.stem for p in (ROOT / "configs").glob("*.toml"))
+    return sorted(p.stem for p in config_dir().glob("*.toml"))
 
 
 def tiny_bench_config(cfg: LmConfig) -> LmConfig:
@@ -53,7 +47,7 @@ def tiny_bench_config(cfg: LmConfig) -> LmConfig:
 
 
 def bench_config(model: str, shape: str, context: int | None = None) -> LmConfig:
-    cfg = load_config(ROOT / "configs" / f"{model}.toml")
+    cfg = load_config(config_dir() / f"{model}.toml")
     if shape == "tiny":
         return tiny_bench_config(cfg)
     if context:

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from common import loadavg
+from .common import loadavg
 
 
 def _best_rate(fn, nbytes: int, repeats: int) -> float:
