@@ -6,8 +6,8 @@ Cases, each run in its own process so that its RSS is its own:
   decode    `Mimi.decode_step` on random codes;
   pipeline  file mode through `engine.Session` (Mimi encode -> tiny random Hibiki LM ->
             Mimi decode, pipelined as `translate` runs it).
-Each runs with the product's `codec.Handover` or, with --no-handover, on one rustymimi
-instance per direction (rustymimi 0.4.1 as it is: it grows, and fails at frame 4096).
+Each runs with the product's `codec.Handover` (or --every/--warm) or, with --no-handover,
+on one rustymimi instance per direction (rustymimi 0.4.1 as it is: it grows, and fails at frame 4096).
 Mimi is a random checkpoint in the official layout (real shapes, 32 codebooks on disk).
 
 A sample every --sample frames: frame, wall seconds, RSS, mean ms/frame since the last
@@ -39,6 +39,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from moshi_mac.codec import Handover  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CASES = ("encode", "decode", "pipeline")
@@ -121,16 +123,17 @@ def _codec_loop(case: str, mimi, frames: int, sampler: Sampler, deadline: float)
 def _pipeline(mimi_path: Path, handover, frames: int, sampler: Sampler, deadline: float,
               workdir: Path) -> str:
     from moshi_mac import engine
+    from moshi_mac.codec import Mimi
     from moshi_mac.config import load_config
     from moshi_mac.random_model import make_random_model
 
     out = workdir / "model"
     make_random_model(load_config(ROOT / "configs" / f"{LM_CONFIG}.toml"), out, tiny=True,
                       mimi=mimi_path)
-    session = engine.Session(engine.load_model(None, out), keep_audio=False)
-    for m in (session.encoder, session.decoder):
-        m.handover = handover
-        m.reset()
+    model = engine.load_model(None, out)
+    codecs = (Mimi(mimi_path, model.cfg.user_codebooks, handover=handover),
+              Mimi(mimi_path, model.cfg.dep_q, handover=handover))
+    session = engine.Session(model, keep_audio=False, codecs=codecs)
     signal, stop, fed = VoiceLike(), threading.Event(), [0]
     ended = ["frames"]
 
@@ -151,15 +154,15 @@ def _pipeline(mimi_path: Path, handover, frames: int, sampler: Sampler, deadline
     return ended[0]
 
 
-def run_case(case: str, frames: int, *, handover: bool = True, sample_every: int = 250,
+def run_case(case: str, frames: int, *, handover: Handover | None = Handover(), sample_every: int = 250,
              budget_s: float | None = None, mimi_path: Path | None = None,
              checkpoint: Path | None = None) -> dict:
     """One soak run in this process (see the module docstring); returns its record and,
     with `checkpoint`, keeps the samples so far in that JSON file while it runs."""
-    from moshi_mac.codec import FRAME_SIZE, SAMPLE_RATE, Handover, Mimi
+    from moshi_mac.codec import FRAME_SIZE, SAMPLE_RATE, Mimi
     from moshi_mac.mimi_random import write_random_mimi
 
-    policy = Handover() if handover else None
+    policy = handover
     sampler = Sampler(sample_every)
     with tempfile.TemporaryDirectory() as tmp:
         if mimi_path is None:
@@ -263,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, help="stop after this many seconds")
     p.add_argument("--sample", type=int, default=250, help="frames between samples")
     p.add_argument("--no-handover", action="store_true")
+    p.add_argument("--every", type=int, default=Handover().every, help="handover period, frames")
+    p.add_argument("--warm", type=int, default=Handover().warm, help="handover warm-up, frames")
     p.add_argument("--mimi", type=Path, help="an existing Mimi checkpoint (default: write a random one)")
     p.add_argument("--out", type=Path, help="JSON path (default results/soak-CASE[-nohandover].json)")
     p.add_argument("--report", action="store_true", help="plot and tabulate results/soak-*.json")
@@ -273,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.case is None:
         p.error("give --case or --report")
     out = args.out or result_path(args.case, not args.no_handover)
-    rec = run_case(args.case, args.frames, handover=not args.no_handover, sample_every=args.sample,
+    policy = None if args.no_handover else Handover(args.every, args.warm)
+    rec = run_case(args.case, args.frames, handover=policy, sample_every=args.sample,
                    budget_s=args.budget_s, mimi_path=args.mimi, checkpoint=out)
     _write(out, rec)
     print(json.dumps({k: v for k, v in rec.items() if k != "samples"}))
