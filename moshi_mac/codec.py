@@ -168,6 +168,21 @@ def _return_freed_memory() -> None:
         trim(0)
 
 
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD = 128 * 1024  # glibc's initial value
+
+
+@functools.cache
+def _keep_large_blocks_mapped() -> None:
+    """Keep glibc's mmap threshold at its initial 128 KB. By default it rises (up to 32 MB)
+    after a large block is freed, so a fresh rustymimi instance's weights land in the heap,
+    where a later handover cannot always return them (measured: RSS steps of ~180 MB).
+    Fixed, every block >= 128 KB is its own mapping, unmapped when freed. No-op off glibc."""
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
 @functools.cache
 def _libc():
     try:
@@ -206,6 +221,8 @@ class Mimi:
         self.num_codebooks = num_codebooks
         self.dtype = dtype
         self.handover = handover
+        if handover is not None:
+            _keep_large_blocks_mapped()
         self.reset()
 
     def _load(self):
