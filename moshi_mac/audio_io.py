@@ -1,23 +1,26 @@
 """Audio files: read any wav/mp3/flac/ogg as 24 kHz mono float32, write wavs atomically.
 
-Owns `read_audio` (soundfile decode, channel mix-down, soxr high-quality resampling, and an
-`AudioReport` of what was converted), `write_wav_atomic` (temp file in the same folder, then
-`os.replace`, so a reader never sees half a file) and `write_stereo_wav_atomic` (input on
-the left channel, output on the right, for listening to both at once).
+Owns `probe_audio` (a file's length and format from its header, no decoding),
+`read_audio` (soundfile decode, channel mix-down, soxr high-quality resampling, NaN/Inf
+and out-of-range samples cleaned (guards.py), and an `AudioReport` of what was done),
+`write_wav` / `write_stereo_wav` (input on the left channel, output on the right) and
+their atomic forms (temp file in the same folder, then `os.replace`, so a reader never
+sees half a file).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from .errors import MoshiMacError
+from .errors import UsageError
+from .guards import SanitizeReport, sanitize_pcm
+from .outputs import atomic_path, write_error
+
+__all__ = ["AudioReport", "atomic_path", "probe_audio", "read_audio", "write_wav",
+           "write_stereo_wav", "write_wav_atomic", "write_stereo_wav_atomic"]
 
 SAMPLE_RATE = 24000  # Mimi's rate
 _FORMATS = "WAV, FLAC, MP3 or OGG"
@@ -32,6 +35,7 @@ class AudioReport:
     channels: int  # of the file
     duration: float  # seconds
     target_rate: int
+    cleaned: SanitizeReport = field(default_factory=lambda: SanitizeReport(SAMPLE_RATE))
 
     @property
     def resampled(self) -> bool:
@@ -48,44 +52,57 @@ class AudioReport:
                 f"{self.duration:.2f} s" + (" -> " + ", ".join(done) if done else ""))
 
 
+def _check_input(path: Path) -> None:
+    if path.is_dir():
+        raise UsageError(f"input {path} is a folder, not an audio file; pass the files in it")
+    if not path.exists():
+        raise UsageError(f"audio file {path} does not exist; check the path")
+
+
+def _unreadable(path: Path, e: Exception) -> UsageError:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return UsageError(f"cannot read audio file {path} ({reason}); convert it to {_FORMATS}, "
+                      f"e.g. `ffmpeg -i {path} out.wav`")
+
+
+def probe_audio(path: str | Path) -> float:
+    """The duration in seconds of an audio file, from its header (nothing decoded)."""
+    import soundfile as sf
+
+    path = Path(path)
+    _check_input(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise _unreadable(path, e) from None
+    if info.frames <= 0:
+        raise UsageError(f"audio file {path} contains no audio; pass a non-empty recording")
+    return info.frames / info.samplerate
+
+
 def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, AudioReport]:
-    """Read an audio file as mono float32 at `sample_rate`; return (pcm, report)."""
+    """Read an audio file as mono float32 at `sample_rate`, NaN/Inf samples set to 0 and
+    clipped to [-1, 1]; return (pcm, report)."""
     import soundfile as sf
     import soxr
 
     path = Path(path)
-    if not path.is_file():
-        raise MoshiMacError(f"audio file {path} does not exist; check the path")
+    _check_input(path)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MoshiMacError(f"cannot read audio file {path} ({reason}); convert it to {_FORMATS}, "
-                            f"e.g. `ffmpeg -i {path} out.wav`") from None
+        raise _unreadable(path, e) from None
     if data.shape[0] == 0:
-        raise MoshiMacError(f"audio file {path} contains no audio; pass a non-empty recording")
+        raise UsageError(f"audio file {path} contains no audio; pass a non-empty recording")
     report = AudioReport(path=path, sample_rate=int(rate), channels=data.shape[1],
-                         duration=data.shape[0] / rate, target_rate=sample_rate)
+                         duration=data.shape[0] / rate, target_rate=sample_rate,
+                         cleaned=SanitizeReport(int(rate)))
+    # Cleaned before mixing and resampling, which would spread a NaN over its neighbours.
+    data = sanitize_pcm(data, report.cleaned)
     pcm = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if rate != sample_rate:
-        pcm = soxr.resample(pcm, rate, sample_rate, quality="HQ")
+        pcm = np.clip(soxr.resample(pcm, rate, sample_rate, quality="HQ"), -1.0, 1.0)
     return np.ascontiguousarray(pcm, dtype=np.float32), report
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success move it onto `path`, else delete it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    # Created with the process umask applied, as a plain open() would (mkstemp makes 0600).
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _write(path: str | Path, frames: np.ndarray, sample_rate: int, subtype: str) -> Path:
@@ -94,32 +111,57 @@ def _write(path: str | Path, frames: np.ndarray, sample_rate: int, subtype: str)
     path = Path(path)
     if subtype.startswith("PCM"):
         frames = np.clip(frames, -1.0, 1.0)  # libsndfile wraps out-of-range floats
-    try:
-        with atomic_path(path) as tmp:
-            sf.write(str(tmp), frames, sample_rate, subtype=subtype, format="WAV")
-    except OSError as e:
-        raise MoshiMacError(f"cannot write {path} ({e.strerror or e}); "
-                            f"choose a writable output path") from None
+    sf.write(str(path), frames, sample_rate, subtype=subtype, format="WAV")
     return path
 
 
-def write_wav_atomic(path: str | Path, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE,
-                     subtype: str = "PCM_16") -> Path:
-    """Write mono audio to a wav file atomically (16-bit by default, clipped to [-1, 1])."""
+def _atomic(path: str | Path, frames: np.ndarray, sample_rate: int, subtype: str) -> Path:
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            _write(tmp, frames, sample_rate, subtype)
+    except (OSError, RuntimeError) as e:  # soundfile's LibsndfileError is a RuntimeError
+        raise write_error(path, e) from None
+    return path
+
+
+def _mono(pcm: np.ndarray) -> np.ndarray:
     pcm = np.asarray(pcm, dtype=np.float32)
     if pcm.ndim != 1:
-        raise ValueError(f"write_wav_atomic takes mono audio [samples], got shape {pcm.shape}")
-    return _write(path, pcm, sample_rate, subtype)
+        raise ValueError(f"write_wav takes mono audio [samples], got shape {pcm.shape}")
+    return pcm
 
 
-def write_stereo_wav_atomic(path: str | Path, left: np.ndarray, right: np.ndarray,
-                            sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> Path:
-    """Write a stereo wav atomically: `left` (e.g. the input) and `right` (the model's
-    output); the shorter one is padded with silence."""
+def _stereo(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     left = np.asarray(left, dtype=np.float32).reshape(-1)
     right = np.asarray(right, dtype=np.float32).reshape(-1)
     n = max(left.size, right.size)
     frames = np.zeros((n, 2), np.float32)
     frames[: left.size, 0] = left
     frames[: right.size, 1] = right
-    return _write(path, frames, sample_rate, subtype)
+    return frames
+
+
+def write_wav(path: str | Path, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE,
+              subtype: str = "PCM_16") -> Path:
+    """Write mono audio to a wav file (16-bit by default, clipped to [-1, 1])."""
+    return _write(path, _mono(pcm), sample_rate, subtype)
+
+
+def write_stereo_wav(path: str | Path, left: np.ndarray, right: np.ndarray,
+                     sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> Path:
+    """A stereo wav: `left` (e.g. the input) and `right` (the model's output); the
+    shorter one is padded with silence."""
+    return _write(path, _stereo(left, right), sample_rate, subtype)
+
+
+def write_wav_atomic(path: str | Path, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE,
+                     subtype: str = "PCM_16") -> Path:
+    """`write_wav`, atomically."""
+    return _atomic(path, _mono(pcm), sample_rate, subtype)
+
+
+def write_stereo_wav_atomic(path: str | Path, left: np.ndarray, right: np.ndarray,
+                            sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> Path:
+    """`write_stereo_wav`, atomically."""
+    return _atomic(path, _stereo(left, right), sample_rate, subtype)

@@ -1,8 +1,10 @@
 """The `moshi-mac` command line: argument parsing, dispatch, and user-facing errors.
 
 Each subcommand is a small handler here or a `main(args)` in its own module. A
-`MoshiMacError` becomes one line on stderr and its exit code (2 for a model mismatch);
-Ctrl-C exits with 130 after the command has kept its partial outputs.
+`MoshiMacError` (and an argparse usage error) becomes one line on stderr and its exit
+code; SIGINT / SIGTERM / SIGHUP exit with 130 / 143 / 129 after the command has kept its
+partial outputs (signals.py). The scheme is in errors.py. User text (paths, names) is
+escaped before rich prints it: `[fr]` in a file name is text, not markup.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import MoshiMacError
+from .errors import EXIT_USAGE, Interrupted, MoshiMacError, UsageError, signal_exit_code, signal_name
 from .tables import Column, fit_table
 
 console = Console()
@@ -60,6 +62,10 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def error(self, message: str):
+        """A usage error as one line (`UsageError`, exit 2), not usage + error."""
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -104,15 +110,15 @@ def cmd_check(args) -> int:
     files = resolve(args.model, args.weights, download=not args.no_download)
     res = check_model(files)
     w = res.weights
-    table = Table(title=f"check: {files.name}", show_header=False)
+    table = Table(title=f"check: {escape(files.name)}", show_header=False)
     table.add_column("what")
     table.add_column("result")
-    table.add_row("config", f"{files.config}  ({res.config.summary()})")
-    table.add_row("LM weights", f"{files.weights.name}: {w.layout} layout, {w.quantization.label}, "
+    table.add_row("config", f"{escape(str(files.config))}  ({res.config.summary()})")
+    table.add_row("LM weights", f"{escape(files.weights.name)}: {w.layout} layout, {w.quantization.label}, "
                                 f"{w.n_tensors} tensors, {w.n_params / 1e9:.2f}B params, "
                                 f"{w.file_bytes / 2**30:.2f} GiB")
-    table.add_row("text tokenizer", f"{files.tokenizer.name}: {res.tokenizer_vocab} pieces")
-    table.add_row("Mimi", f"{files.mimi.name}: {res.mimi_codebooks} codebooks "
+    table.add_row("text tokenizer", f"{escape(files.tokenizer.name)}: {res.tokenizer_vocab} pieces")
+    table.add_row("Mimi", f"{escape(files.mimi.name)}: {res.mimi_codebooks} codebooks "
                           f"({res.config.mimi_codebooks} needed)")
     table.add_row("verdict", "[green]OK: every tensor matches the config[/]")
     console.print(table)
@@ -128,15 +134,16 @@ def cmd_make_random(args) -> int:
     if not path.is_file():
         path = registry.config_path(args.config)
     cfg = load_config(path)
-    with console.status(f"writing a random {'tiny ' if args.tiny else ''}{path.stem} model "
-                        f"to {args.output}"):
+    with console.status(f"writing a random {'tiny ' if args.tiny else ''}{escape(path.stem)} model "
+                        f"to {escape(str(args.output))}"):
         rm = make_random_model(cfg, args.output, tiny=args.tiny, quantize=args.quantize,
                                layout=args.layout, seed=args.seed, force=args.force,
                                mimi=args.mimi)
     size = rm.weights.stat().st_size / 2**20
-    console.print(f"[green]wrote[/] {rm.folder}: {rm.weights.name} ({size:.1f} MiB, {args.layout} "
-                  f"layout{', ' + args.quantize if args.quantize else ''}), {rm.mimi.name}, "
-                  f"{rm.tokenizer.name}, config.toml")
+    console.print(f"[green]wrote[/] {escape(str(rm.folder))}: {escape(rm.weights.name)} "
+                  f"({size:.1f} MiB, {args.layout} "
+                  f"layout{', ' + args.quantize if args.quantize else ''}), "
+                  f"{escape(rm.mimi.name)}, {escape(rm.tokenizer.name)}, config.toml")
     return 0
 
 
@@ -196,20 +203,51 @@ def _command_module(name: str):
         raise
 
 
+def print_error(message: str) -> None:
+    """One line on stderr, user text escaped."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def print_stopped(signum: int, what: str) -> int:
+    """The one stderr line of a run stopped by a signal; returns its exit code."""
+    err_console.print(f"[bold yellow]stopped[/] by {signal_name(signum)}: {escape(what)}",
+                      highlight=False, soft_wrap=True)
+    return signal_exit_code(signum)
+
+
+def print_warning(message: str) -> None:
+    """One line on stderr, user text escaped."""
+    err_console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False,
+                      soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import signals
+    from .flags import check_flags
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+        check_flags(args)
+    except MoshiMacError as e:
+        print_error(str(e))
+        return EXIT_USAGE
     if args.command is None:  # bare `moshi-mac`: the help, as git and hf do
         parser.print_help()
         return 0
-    try:
-        return args.func(args) or 0
-    except MoshiMacError as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        return e.exit_code
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
+    with signals.installed() as guard:
+        try:
+            rc = args.func(args) or 0
+        except MoshiMacError as e:
+            guard.finished = True
+            print_error(str(e))
+            return e.exit_code
+        except KeyboardInterrupt as e:
+            guard.finished = True
+            signum = e.signum if isinstance(e, Interrupted) else 2
+            return print_stopped(signum, "the command ended before it finished")
+        guard.finished = True
+        return rc
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from typing import Callable
 import numpy as np
 
 from .codec import FRAME_SIZE, SAMPLE_RATE
-from .errors import MoshiMacError
+from .errors import UsageError
+from .guards import check_pcm, check_step
 from .transcript import Token, Word
 
 FRAME_S = FRAME_SIZE / SAMPLE_RATE  # 0.08 s
@@ -150,7 +151,7 @@ class LmStepper:
         try:
             self.gen = LmGen(lm, options=options)
         except ValueError as e:
-            raise MoshiMacError(f"{e}; this model has no CFG conditioner, leave --cfg out") from None
+            raise UsageError(f"{e}; this model has no CFG conditioner, leave --cfg out") from None
         cfg = lm.cfg
         self.user_codebooks = cfg.user_codebooks
         self.dep_q = cfg.dep_q
@@ -192,6 +193,7 @@ class LmStepper:
             return None
         mx.eval(out)  # releases the GIL: the Mimi threads run meanwhile
         tokens = np.array(out[0])
+        check_step(tokens, self.steps)
         text = int(tokens[0])
         if text == TEXT_EOS_ID:
             if self.input_ended:
@@ -381,6 +383,7 @@ class Session:
             t = time.perf_counter()
             pcm = self.decoder.decode_step(out.audio)
             self.times.add("decode", time.perf_counter() - t)
+            check_pcm(pcm, out.index)
             if self.keep_audio:
                 self._pcm.append(pcm)
         when = out.index * FRAME_S if self.timeline == "output" else out.frame.offset / SAMPLE_RATE
@@ -399,17 +402,21 @@ class Session:
             (self._run_pipelined if pipelined else self._run_sequential)(source, stop, on_step)
         except KeyboardInterrupt:
             interrupted = True
+        except Exception as e:  # noqa: BLE001  (re-raised below with the partial result)
+            self._errors.insert(0, e)
         finally:
             stop.set()
-        if self._errors:
-            raise self._errors[0]
         s = self.stepper
         pcm = np.concatenate(self._pcm) if self._pcm else np.zeros(0, np.float32)
-        return SessionResult(pcm=pcm, steps=s.steps, outputs=s.outputs,
-                             input_frames=self.input_frames, wall_s=time.perf_counter() - t0,
-                             eos_reached=s.eos_reached, early_eos=s.early_eos,
-                             interrupted=interrupted, pipelined=pipelined,
-                             stage_ms=self.times.ms_per_call())
+        result = SessionResult(pcm=pcm, steps=s.steps, outputs=s.outputs,
+                               input_frames=self.input_frames, wall_s=time.perf_counter() - t0,
+                               eos_reached=s.eos_reached, early_eos=s.early_eos,
+                               interrupted=interrupted, pipelined=pipelined,
+                               stage_ms=self.times.ms_per_call())
+        if self._errors:
+            self._errors[0].partial = result  # what was made before the failure
+            raise self._errors[0]
+        return result
 
     def _run_sequential(self, source: Source, stop: threading.Event, on_step) -> None:
         while not stop.is_set():

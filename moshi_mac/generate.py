@@ -20,6 +20,7 @@ from functools import partial
 import mlx.core as mx
 
 from .config import GenerationConfig
+from .guards import NONFINITE_TOKEN
 from .models.layers import prepare_dense
 from .models.lm import UNGENERATED_TOKEN, Lm
 from .sampling import Sampler
@@ -174,6 +175,8 @@ class LmGen:
             inp = mx.concatenate([inp, inp], axis=0)
         out, text_logits, kv = self.model.step_text(inp, pos, list(kv), slots, self.condition_sum)
         text, text_key = self.text_sampler.sample(self._mix(text_logits), text_key)
+        # NaN/Inf logits: a marker token the engine stops on (no extra sync; guards.py)
+        text = mx.where(mx.isfinite(text_logits).all(), text, NONFINITE_TOKEN)
         noise = []
         if self.dep_q:
             n, audio_key = self.audio_sampler.noise(audio_key, (self.dep_q, text.shape[0], self.cfg.card))

@@ -7,6 +7,11 @@ the engine's threads: `MicSource` (encode thread) drains the ring, resamples the
 rate to 24 kHz, applies the bounded-lag policy and the optional echo guard; `Speaker`
 (decode thread) resamples the model's audio to the device rate, queues it, and measures
 the end-to-end latency. The model is warmed up before the streams open.
+
+Microphone samples that are NaN/Inf or outside [-1, 1] are cleaned before Mimi (one
+warning at the end). SIGINT, SIGTERM and SIGHUP end the session the same way (the
+recording finalized, the transcript written; exit 130 / 143 / 129, signals.py); NaN/Inf
+out of the model ends it too, recording kept, exit 1.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from rich.markup import escape
 
 from .buffers import LAG_MODES, FrameFifo, JitterBuffer, LagPolicy, SampleRing
 from .codec import FRAME_SIZE, SAMPLE_RATE
-from .errors import MoshiMacError
+from .errors import MoshiMacError, NonFiniteError, UsageError
+from .guards import SanitizeReport, sanitize_pcm
 from .live_status import METER_FLOOR_DB, device_label, level_db, level_meter
 
 HEADPHONES = ("[yellow]Use headphones.[/] Through laptop speakers the model hears its own voice "
@@ -125,6 +132,9 @@ def cmd_devices(args) -> int:
     from .cli import console
 
     sd = _sounddevice()
+    if len(sd.query_devices()) == 0:
+        raise MoshiMacError("no audio devices found; connect a microphone and a speaker (or "
+                            "start PulseAudio) and run `moshi-mac devices` again")
     default_in, default_out = sd.default.device
     apis = sd.query_hostapis()
     table = Table(title="audio devices")
@@ -136,7 +146,8 @@ def cmd_devices(args) -> int:
                                  ("default output", i == default_out)) if ok]
         if rate != SAMPLE_RATE:
             notes.append("resampled")
-        table.add_row(str(i), d["name"], apis[d["hostapi"]]["name"], str(d["max_input_channels"]),
+        table.add_row(str(i), escape(d["name"]), escape(apis[d["hostapi"]]["name"]),
+                      str(d["max_input_channels"]),
                       str(d["max_output_channels"]), f"{rate} Hz", ", ".join(notes))
     console.print(table)
     console.print("Pick with `moshi-mac live --input-device N --output-device M` "
@@ -162,10 +173,14 @@ class WavRecorder:
         tmp = self._ctx.__enter__()
         self._file = sf.SoundFile(str(tmp), "w", SAMPLE_RATE, 1, "PCM_16", format="WAV")
         self.samples = 0
+        self._lock = threading.RLock()  # close() may come from a signal handler (same thread)
 
     def write(self, pcm: np.ndarray) -> None:
-        self._file.write(np.clip(pcm, -1.0, 1.0))
-        self.samples += pcm.size
+        with self._lock:
+            if self._file is None:
+                return
+            self._file.write(np.clip(pcm, -1.0, 1.0))
+            self.samples += pcm.size
 
     def write_at(self, offset: int, pcm: np.ndarray) -> None:
         """Write `pcm` starting at sample `offset`: silence fills a gap, an overlap is cut."""
@@ -173,9 +188,18 @@ class WavRecorder:
             self.write(np.zeros(offset - self.samples, np.float32))
         self.write(pcm[max(0, self.samples - offset):])
 
-    def close(self) -> None:
-        self._file.close()
-        self._ctx.__exit__(None, None, None)
+    def close(self, timeout: float = -1) -> None:
+        """Finalize the wav and move it into place (once; later calls do nothing)."""
+        if not self._lock.acquire(timeout=timeout):
+            return
+        try:
+            if self._file is None:
+                return
+            self._file.close()
+            self._file = None
+            self._ctx.__exit__(None, None, None)
+        finally:
+            self._lock.release()
 
 
 # ---------------------------------------------------------------------------------------
@@ -241,13 +265,14 @@ class MicSource:
         self.recorder = recorder
         self.echo_gain = echo_gain
         self.loud_until = 0.0  # set by the Speaker: the model is audible until then
+        self.cleaned = SanitizeReport(rate)  # NaN/Inf and out-of-range device samples
 
     def _drain(self) -> None:
         end_time = self.ring.last_write_time
         data = self.ring.read()
         if data.size == 0:
             return
-        pcm = self.resample(data)
+        pcm = np.clip(self.resample(sanitize_pcm(data, self.cleaned)), -1.0, 1.0)
         if self.recorder is not None:
             self.recorder.write(pcm)
         self.fifo.push(pcm, end_time)
@@ -413,18 +438,20 @@ class LiveScreen:
 # The command
 # ---------------------------------------------------------------------------------------
 
-def check_latency_args(args, names=("jitter_ms", "max_buffer_ms", "max_lag_ms")) -> None:
-    for name in names:
-        if getattr(args, name) < 0:
-            raise MoshiMacError(f"--{name.replace('_', '-')} must be >= 0")
+def check_latency_args(args) -> None:
+    """How the latency flags relate (each one's own range is checked in flags.py);
+    shared with `serve`."""
     if args.max_buffer_ms < args.jitter_ms + 80:
-        raise MoshiMacError("--max-buffer-ms must be at least --jitter-ms + 80 (one frame)")
+        raise UsageError("--max-buffer-ms must be at least --jitter-ms + 80 (one frame)")
 
 
 def _check_args(args) -> None:
-    check_latency_args(args, ("jitter_ms", "max_buffer_ms", "max_lag_ms", "echo_guard_db"))
-    if args.duration is not None and args.duration <= 0:
-        raise MoshiMacError("--duration must be positive")
+    """What flags.py cannot check alone; the recording folder before the model loads."""
+    from .outputs import check_folder
+
+    check_latency_args(args)
+    if args.record is not None:
+        check_folder(args.record, "recording folder")
 
 
 def session_stats(result, audio: LiveAudio, mic: MicSource, stats: LiveStats) -> dict:
@@ -453,8 +480,8 @@ def session_stats(result, audio: LiveAudio, mic: MicSource, stats: LiveStats) ->
 @contextlib.contextmanager
 def native_stderr_to(path: Path):
     """Send what C libraries write to stderr (ALSA's "underrun occurred", ...) to `path`
-    while the live screen is up: it would scramble the screen. Python's own stderr still
-    shows, through rich."""
+    while the session runs: it would scramble the screen, and stderr is for the one line
+    of a fault. The path is printed at the end."""
     sys.stderr.flush()
     saved = os.dup(2)
     with open(path, "wb") as log:
@@ -480,12 +507,14 @@ def main(args) -> int:
     from rich.live import Live
     from rich.table import Table
 
-    from .cli import console
+    from .cli import console, print_stopped, print_warning
     from .engine import FRAME_S, Session, gen_options, load_model
     from .live_status import Pace
     from .paths import cache_dir
+    from .signals import current
     from .transcript import write_transcript
 
+    guard = current()
     _check_args(args)
     in_dev = pick_device(args.input_device, "input")
     out_dev = pick_device(args.output_device, "output")
@@ -500,6 +529,9 @@ def main(args) -> int:
     folder = _record_dir(args.record) if args.record else None
     rec_in = WavRecorder(folder / "input.wav") if folder else None
     rec_out = WavRecorder(folder / "output.wav") if folder else None
+    recorders = [r for r in (rec_in, rec_out) if r is not None]
+    # A second signal leaves at once: the recordings are finalized first if they can be.
+    guard.on_second.extend(lambda r=r: r.close(timeout=0.5) for r in recorders)
     stats = LiveStats()
     stats.pace = Pace(pipelined=not args.sequential)
     policy = LagPolicy(max_lag_s=args.max_lag_ms / 1000, mode=args.lag_policy, frame_s=FRAME_S)
@@ -510,7 +542,7 @@ def main(args) -> int:
                                      audio.device_latency_s, rec_out))
     what = "translation" if model.is_hibiki else "conversation"
     native_log = (folder or cache_dir("live")) / "audio-library.log"
-    quiet = native_stderr_to(native_log) if console.is_terminal else contextlib.nullcontext()
+    quiet = native_stderr_to(native_log)  # stderr keeps one line per fault, screen or not
     screen = LiveScreen(f"moshi-mac live — {model.name} ({what})", session, audio, mic, stats)
     if console.is_terminal:
         from rich.text import Text
@@ -520,19 +552,23 @@ def main(args) -> int:
         console.print(HEADPHONES)
     stop = threading.Event()
     timer = threading.Timer(args.duration, stop.set) if args.duration else None
+    error: NonFiniteError | None = None
     try:
-        with quiet, audio, Live(screen, console=console, refresh_per_second=8):
+        with guard.stopping(stop), quiet, audio, Live(screen, console=console,
+                                                      refresh_per_second=8):
             stats.started = stats.clock()
             if timer is not None:
                 timer.start()
-            result = session.run(mic, pipelined=not args.sequential, stop=stop,
-                                 on_step=stats.on_step)
+            try:
+                result = session.run(mic, pipelined=not args.sequential, stop=stop,
+                                     on_step=stats.on_step)
+            except NonFiniteError as e:
+                result, error = e.partial, e
     finally:
         if timer is not None:
             timer.cancel()
-        for rec in (rec_in, rec_out):
-            if rec is not None:
-                rec.close()
+        for rec in recorders:
+            rec.close()
     if not console.is_terminal:
         console.line()
     info = session_stats(result, audio, mic, stats)
@@ -541,6 +577,8 @@ def main(args) -> int:
         write_transcript(folder / "transcript.srt", folder / "transcript.json", text.text.strip(),
                          text.words, text.tokens, model=model.name,
                          model_type=model.cfg.moshi_mac.model_type, sample_rate=SAMPLE_RATE,
+                         ending=(f"stopped: {error}" if error else
+                                 f"stopped by {guard.name}" if guard.signum else "end"),
                          session=info)
     table = Table(title="live session", show_header=False)
     for key in ("duration_s", "steps_per_s", "frames_in", "frames_out", "skipped_frames",
@@ -558,8 +596,16 @@ def main(args) -> int:
     if native_log.exists():
         n = len(native_log.read_bytes().splitlines())
         console.print(f"[dim]the audio libraries logged {n} line(s) (kept off the screen): "
-                      f"{native_log}[/]", highlight=False)
+                      f"{escape(str(native_log))}[/]", highlight=False)
     if folder is not None:
-        console.print(f"[green]recorded[/] {folder}: input.wav, output.wav, transcript.srt, "
-                      f"transcript.json", highlight=False)
+        console.print(f"[green]recorded[/] {escape(str(folder))}: input.wav, output.wav, "
+                      f"transcript.srt, transcript.json", highlight=False)
+    guard.finished = True
+    if mic.cleaned.changed:
+        print_warning(mic.cleaned.warning("microphone"))
+    if error is not None:
+        raise NonFiniteError(f"{error} (the session so far is recorded)" if folder else str(error))
+    if guard.signum is not None:
+        return print_stopped(guard.signum, f"session recorded in {folder}" if folder
+                             else "session ended")
     return 0

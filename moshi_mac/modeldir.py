@@ -27,7 +27,7 @@ from pathlib import Path
 from . import registry
 from .config import LmConfig, load_config
 from .config.family import notice, structural_differences
-from .errors import ModelNotFoundError, MoshiMacError
+from .errors import ModelNotFoundError, MoshiMacError, UsageError
 from .weights import CheckReport, check_weights
 
 
@@ -93,6 +93,10 @@ def from_dir(folder: str | Path, weights: Path | None = None, *,
     """The files of a model folder (see the module doc). `weights` picks one LM file where
     there are several; `entry` gives the expected names, quantization and fallback config."""
     folder = Path(folder)
+    if folder.is_file():
+        raise UsageError(f"--weights {folder} is a file; a model folder holds a config, the LM "
+                         f"weights, a Mimi checkpoint and a tokenizer: pass the folder "
+                         f"{folder.parent}")
     if not folder.is_dir():
         raise ModelNotFoundError(f"--weights {folder}: no such directory")
     names = dict(zip(registry.ROLES, entry.files)) if entry is not None else {}
@@ -147,12 +151,12 @@ def resolve(model: str | None = None, weights: str | Path | None = None,
     """`--weights DIR` or `--model NAME|REPO|DIR` to the model's files: local first, then
     (unless `download` is False) a download into the Hugging Face cache."""
     if weights is not None and model is not None:
-        raise MoshiMacError("give either --model or --weights, not both")
+        raise UsageError("give either --model or --weights, not both")
     if weights is not None:
         return from_dir(weights)
     if model is None:
-        raise MoshiMacError("no model given: pass --model NAME (see `moshi-mac models`), a "
-                            "Hugging Face repo id, or --weights DIR")
+        raise UsageError("no model given: pass --model NAME (see `moshi-mac models`), a "
+                         "Hugging Face repo id, or --weights DIR")
     if Path(model).is_dir():
         return from_dir(model)
     entry = registry.lookup(model)

@@ -317,10 +317,8 @@ def manual_instructions(target: ModelEntry | str) -> str:
                 f"Hugging Face cache ({hf_cache_dir()}) here, or pass --weights DIR with the "
                 f"repo's files")
     files = [*entry.files, *([entry.hf_config] if entry.hf_config else [])]
-    also = f" (and {entry.hf_config})" if entry.hf_config else ""
-    return (f"place {', '.join(entry.files)}{also} from {entry.url} into weights/{entry.name}/, "
-            f"or on a machine with network run `{hf_download_command(repo, files)}` and copy "
-            f"its Hugging Face cache ({hf_cache_dir()}) here")
+    return (f"where there is network run `{hf_download_command(repo, files)}` and copy "
+            f"{hf_cache_dir()} here, or put those files into weights/{entry.name}/")
 
 
 def _offline() -> bool:
@@ -380,8 +378,7 @@ def _fail(target: ModelEntry | str, reason: str) -> ModelNotFoundError:
     if reason.startswith("the repo is gated"):  # the whole fix; nothing else to say
         return ModelNotFoundError(f"cannot download {label}: {reason}")
     return ModelNotFoundError(
-        f"cannot download {label} from https://huggingface.co/{repo} ({reason}); "
-        + manual_instructions(target))
+        f"cannot download {label} ({reason}); " + manual_instructions(target))
 
 
 def _missing_remote(exc: BaseException) -> bool:

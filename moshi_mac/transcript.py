@@ -2,19 +2,21 @@
 
 Owns the timed units (`Token`: one text token and its time; `Word`: a word with start and
 end), `make_cues` (words grouped into subtitle cues by length, duration, pauses and
-sentence ends), the SRT / WebVTT / JSON renderers, and `write_transcript`, which writes the
-subtitle file and the JSON (per-word and per-token times) atomically.
+sentence ends), the SRT / WebVTT / JSON renderers (`transcript_files`; the JSON is strict:
+a NaN or Inf becomes null), and `write_transcript`, which writes the subtitle file and the
+JSON (per-word and per-token times) atomically.
 Times are seconds on the timeline of the audio the transcript goes with.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .audio_io import atomic_path
 from .errors import MoshiMacError
+from .outputs import atomic_path, write_error
 
 FORMATS = ("srt", "vtt")
 SENTENCE_END = (".", "?", "!", "…")
@@ -96,25 +98,46 @@ def transcript_dict(text: str, words: list[Word], tokens: list[Token], **meta) -
     }
 
 
+def strict_json(obj):
+    """`obj` with every NaN / Inf float replaced by None, so the JSON is strict."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def dumps_json(doc) -> str:
+    return json.dumps(strict_json(doc), ensure_ascii=False, indent=1, allow_nan=False) + "\n"
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
     except OSError as e:
-        raise MoshiMacError(f"cannot write {path} ({e.strerror or e}); "
-                            f"choose a writable output path") from None
+        raise write_error(path, e) from None
     return path
+
+
+def transcript_files(subtitles: Path, json_path: Path, text: str, words: list[Word],
+                     tokens: list[Token], **meta) -> dict[Path, str]:
+    """The contents of `subtitles` (.srt or .vtt, by its suffix) and of the JSON."""
+    fmt = subtitles.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise MoshiMacError(f"subtitle format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    cues = make_cues(words)
+    return {subtitles: format_srt(cues) if fmt == "srt" else format_vtt(cues),
+            json_path: dumps_json(transcript_dict(text, words, tokens, **meta))}
 
 
 def write_transcript(subtitles: Path, json_path: Path, text: str, words: list[Word],
                      tokens: list[Token], **meta) -> tuple[Path, Path]:
     """Write `subtitles` (.srt or .vtt, by its suffix) and the JSON transcript."""
-    fmt = subtitles.suffix.lstrip(".").lower()
-    if fmt not in FORMATS:
-        raise MoshiMacError(f"subtitle format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    cues = make_cues(words)
-    write_text_atomic(subtitles, format_srt(cues) if fmt == "srt" else format_vtt(cues))
-    doc = transcript_dict(text, words, tokens, **meta)
-    write_text_atomic(json_path, json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
+    files = transcript_files(subtitles, json_path, text, words, tokens, **meta)
+    for path, content in files.items():
+        write_text_atomic(path, content)
     return subtitles, json_path

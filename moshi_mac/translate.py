@@ -7,19 +7,29 @@ mono) it writes, next to the input or under `-o`:
     NAME-out.srt / .vtt   the generated text as subtitles
     NAME-out.json         the text with per-word and per-token times
     NAME-out-stereo.wav   with --stereo: the input left, the output right
-Existing files are only replaced with --force; every file is written atomically, and
-Ctrl-C keeps valid partial outputs of the file being processed.
+Before the model loads, every input is probed (length, readable) and every output
+checked (writable folder, free space, not in the way without --force, not being written
+by another run: outputs.py). The files of one input are committed together. Ctrl-C,
+SIGTERM or SIGHUP, or NaN/Inf out of the model, keep what was made as valid partial
+outputs, `NAME-out.partial.wav` / `.srt` / `.json` (a complete output is never replaced by
+them). A batch goes on past an unreadable input and exits 1 at the end; inputs are
+decoded one at a time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
+
 from .engine import FRAME_S
-from .errors import MoshiMacError
+from .errors import MoshiMacError, NonFiniteError, UsageError
+from .outputs import OutputSet
 from .tables import Column
 
 DEFAULT_MAX_TAIL_S = 15.0
@@ -65,9 +75,9 @@ class Outputs:
 
 def plan_outputs(inputs: list[Path], out: Path | None, subtitles: str, stereo: bool) -> list[Outputs]:
     """The output paths of every input; checks they are distinct and not an input."""
-    if out is not None and out.suffix.lower() == ".wav":
+    if out is not None and out.suffix.lower() == ".wav" and not out.is_dir():
         if len(inputs) > 1:
-            raise MoshiMacError(f"-o {out} names one file but there are {len(inputs)} inputs; "
+            raise UsageError(f"-o {out} names one file but there are {len(inputs)} inputs; "
                                 f"pass a folder with -o")
         bases = [out.with_suffix("")]
     else:
@@ -81,19 +91,22 @@ def plan_outputs(inputs: list[Path], out: Path | None, subtitles: str, stereo: b
         for path in plan.all():
             key = path.resolve()
             if key in resolved_inputs:
-                raise MoshiMacError(f"output {path} would overwrite an input; choose another -o")
+                raise UsageError(f"output {path} would overwrite an input; choose another -o")
             if key in seen:
-                raise MoshiMacError(f"{seen[key]} and {src} would both write {path}; "
+                raise UsageError(f"{seen[key]} and {src} would both write {path}; "
                                     f"rename one or translate them separately")
             seen[key] = src
     return plans
 
 
-def check_overwrite(plans: list[Outputs], force: bool) -> None:
-    existing = [p for plan in plans for p in plan.all() if p.exists()]
-    if existing and not force:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise MoshiMacError(f"{existing[0]} exists{more}; pass --force to overwrite")
+def estimate_bytes(duration_s: float, tail_s: float, stereo: bool) -> int:
+    """An upper bound of one input's outputs on disk: 16-bit wavs of the input's length
+    plus the tail, and generous room for the subtitles and the JSON (one token a frame)."""
+    from .codec import FRAME_SIZE
+
+    frames = math.ceil((duration_s + tail_s) / FRAME_S) + 2
+    wav = 44 + 2 * frames * FRAME_SIZE
+    return wav * (3 if stereo else 1) + 512 * frames
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,8 +186,10 @@ class FileProgress:
 # ---------------------------------------------------------------------------------------
 
 def translate_file(model, pcm, options, *, max_tail_s: float, pipelined: bool,
-                   slow_s: float = 0.0, progress: FileProgress | None = None):
-    """Run one input through a fresh session; return (session, result)."""
+                   slow_s: float = 0.0, progress: FileProgress | None = None,
+                   stop: threading.Event | None = None):
+    """Run one input through a fresh session; return (session, result, error): `error` is
+    a `NonFiniteError` that stopped the run, `result` then what was made before it."""
     from .engine import FileSource, Session
 
     hibiki = model.is_hibiki
@@ -184,7 +199,10 @@ def translate_file(model, pcm, options, *, max_tail_s: float, pipelined: bool,
     if progress is not None:
         session.listeners.append(progress.on_text)
         on_step = progress.on_step
-    return session, session.run(source, pipelined=pipelined, on_step=on_step)
+    try:
+        return session, session.run(source, pipelined=pipelined, on_step=on_step, stop=stop), None
+    except NonFiniteError as e:
+        return session, e.partial, e
 
 
 def _ending(model, result) -> str:
@@ -195,27 +213,64 @@ def _ending(model, result) -> str:
     return "end of translation (EOS)" if result.eos_reached else "tail limit reached before EOS"
 
 
-def write_outputs(plan: Outputs, model, session, result, src_pcm, report) -> None:
-    from .audio_io import write_stereo_wav_atomic, write_wav_atomic
+def output_writers(plan: Outputs, model, session, result, src_pcm, report, ending: str,
+                   partial: bool) -> dict:
+    """Final path -> fn(temp path) for each output file of one input; `partial`: the run
+    did not finish (the JSON says so)."""
+    from .audio_io import write_stereo_wav, write_wav
     from .codec import FRAME_RATE, SAMPLE_RATE
-    from .transcript import write_transcript
+    from .transcript import transcript_files
 
-    write_wav_atomic(plan.wav, result.pcm, SAMPLE_RATE)
-    if plan.stereo is not None:
-        write_stereo_wav_atomic(plan.stereo, src_pcm, result.pcm, SAMPLE_RATE)
     text = session.text
     opts = session.stepper.gen.opts
-    write_transcript(
+    texts = transcript_files(
         plan.subtitles, plan.json, text.text.strip(), text.words, text.tokens,
         model=model.name, model_type=model.cfg.moshi_mac.model_type, input=str(report.path),
         input_audio={"sample_rate": report.sample_rate, "channels": report.channels,
-                     "duration": round(report.duration, 3)},
-        sample_rate=SAMPLE_RATE, frame_rate=FRAME_RATE, duration=round(result.duration, 3),
+                     "duration": round(report.duration, 3),
+                     "cleaned_samples": report.cleaned.nonfinite + report.cleaned.clipped},
+        sample_rate=SAMPLE_RATE, frame_rate=FRAME_RATE,
+        duration=round(result.pcm.size / SAMPLE_RATE, 3) if model.cfg.dep_q
+        else round(result.duration, 3),
         steps=result.steps, wall_s=round(result.wall_s, 3), pipelined=result.pipelined,
         sampling={k: getattr(opts, k) for k in ("seed", "cfg_coef", "temp", "top_k", "temp_text",
                                                   "top_k_text", "greedy")},
-        end_of_text=result.eos_reached,
-        interrupted=result.interrupted, ending=_ending(model, result))
+        end_of_text=result.eos_reached, partial=partial,
+        interrupted=result.interrupted, ending=ending)
+    writers = {plan.wav: lambda tmp: write_wav(tmp, result.pcm, SAMPLE_RATE)}
+    if plan.stereo is not None:
+        writers[plan.stereo] = lambda tmp: write_stereo_wav(tmp, src_pcm, result.pcm, SAMPLE_RATE)
+    for path, content in texts.items():
+        writers[path] = lambda tmp, content=content: tmp.write_text(content, encoding="utf-8")
+    return writers
+
+
+@dataclass
+class Job:
+    """One input: its outputs and, once probed, its length."""
+
+    path: Path
+    plan: Outputs
+    outputs: OutputSet
+    duration: float = 0.0
+
+
+def _probe(args, plans: list[Outputs]) -> tuple[list[Job], list[tuple[Path, str]]]:
+    """Every input's length from its header; unreadable inputs are set aside (a batch goes
+    on without them), or raised when there is only one."""
+    from .audio_io import probe_audio
+
+    jobs, failed = [], []
+    for path, plan in zip(args.inputs, plans):
+        try:
+            jobs.append(Job(path, plan, OutputSet(plan.all()), probe_audio(path)))
+        except UsageError as e:
+            if len(args.inputs) == 1:
+                raise
+            failed.append((path, str(e)))
+    if not jobs:
+        raise UsageError(f"none of the {len(failed)} inputs can be read: {failed[0][1]}")
+    return jobs, failed
 
 
 SUMMARY_COLUMNS = [Column("input", fold=True), Column("output", fold=True),
@@ -229,61 +284,109 @@ def summary_table(title: str, rows: list[list[str]], width: int):
     wrap rather than being cut."""
     from .tables import fit_table
 
-    return fit_table(title, SUMMARY_COLUMNS, rows, width)
+    return fit_table(escape(title), SUMMARY_COLUMNS, [[escape(c) for c in r] for r in rows], width)
 
 
 def main(args) -> int:
+    from .signals import current
+
+    plans = plan_outputs(args.inputs, args.out, args.subtitles, args.stereo)
+    jobs, failed = _probe(args, plans)
+    guard = current()
+
+    def clean_up() -> None:  # also run by a second signal, just before leaving at once
+        for job in jobs:
+            job.outputs.discard_temps()
+            job.outputs.release()
+
+    guard.on_second.append(clean_up)
+    try:
+        need: dict[Path, int] = {}  # per folder: the outputs of every input going there
+        for job in jobs:
+            folder = job.plan.wav.parent.resolve()
+            need[folder] = need.get(folder, 0) + estimate_bytes(job.duration, args.max_tail,
+                                                                args.stereo)
+            job.outputs.preflight(args.force, need[folder])
+        return _run(args, jobs, failed, guard)
+    finally:
+        clean_up()
+
+
+def _run(args, jobs: list[Job], failed: list[tuple[Path, str]], guard) -> int:
     from .audio_io import read_audio
-    from .cli import console
+    from .cli import console, print_stopped, print_warning
     from .codec import FRAME_SIZE
     from .engine import gen_options, load_model
 
-    if args.max_tail < 0:
-        raise MoshiMacError(f"--max-tail must be >= 0 seconds, got {args.max_tail}")
-    plans = plan_outputs(args.inputs, args.out, args.subtitles, args.stereo)
-    check_overwrite(plans, args.force)
-    audio = []
-    for path in args.inputs:
-        pcm, report = read_audio(path)
-        console.print(f"[dim]input[/] {report.summary()}", highlight=False)
-        audio.append((pcm, report))
     with console.status("loading the model"):
         model = load_model(args.model, args.weights)
     options = gen_options(args)
     what = "translating" if model.is_hibiki else "answering"
-    console.print(f"[dim]model[/] {model.name}: {model.cfg.summary()}", highlight=False)
+    console.print(f"[dim]model[/] {escape(model.name)}: {model.cfg.summary()}", highlight=False)
 
-    title = f"moshi-mac translate ({model.name}, {'sequential' if args.sequential else 'pipelined'})"
-    rows = []
-    rc = 0
-    for (pcm, report), plan in zip(audio, plans):
+    title = (f"moshi-mac translate ({model.name}, "
+             f"{'sequential' if args.sequential else 'pipelined'})")
+    rows: list[list[str]] = []  # plain text: escaped when the table is made
+    error: NonFiniteError | None = None
+    kept: list[Path] = []
+    for job in jobs:
+        if guard.signum is not None:  # came while the previous input's outputs were written
+            break
+        try:
+            pcm, report = read_audio(job.path)
+        except UsageError as e:  # probed fine, yet does not decode
+            if len(jobs) + len(failed) == 1:
+                raise
+            failed.append((job.path, str(e)))
+            continue
+        console.print(f"[dim]input[/] {escape(report.summary())}", highlight=False)
+        if report.cleaned.changed:
+            print_warning(report.cleaned.warning(str(report.path)))
         input_steps = -(-pcm.size // FRAME_SIZE) + 1
         tail = math.ceil(args.max_tail / FRAME_S) + 1 if model.is_hibiki else 0
-        with FileProgress(console, f"{what} {report.path.name}", input_steps + tail,
-                          input_steps) as progress:
-            if not progress.tty:
-                console.print(f"{what} {report.path.name}:", highlight=False)
-            session, result = translate_file(model, pcm, options, max_tail_s=args.max_tail,
-                                             pipelined=not args.sequential,
-                                             slow_s=args.debug_step_delay_ms / 1000,
-                                             progress=progress)
-        if progress.tty and session.text.text.strip():
-            console.print(session.text.text.strip(), highlight=False)
-        write_outputs(plan, model, session, result, pcm, report)
+        stop = threading.Event()
+        with guard.stopping(stop):
+            with FileProgress(console, f"{what} {escape(report.path.name)}", input_steps + tail,
+                              input_steps) as progress:
+                if not progress.tty:
+                    console.print(f"{what} {escape(report.path.name)}:", highlight=False)
+                session, result, error = translate_file(
+                    model, pcm, options, max_tail_s=args.max_tail, pipelined=not args.sequential,
+                    slow_s=args.debug_step_delay_ms / 1000, progress=progress, stop=stop)
+            if guard.signum is not None:
+                result = dataclasses.replace(result, interrupted=True)
+            ending = (f"stopped: {error}" if error is not None else _ending(model, result)
+                      + (f" by {guard.name}" if result.interrupted and guard.signum else ""))
+            if progress.tty and session.text.text.strip():
+                console.print(session.text.text.strip(), highlight=False, markup=False)
+            partial = result.interrupted or error is not None
+            written = job.outputs.commit(output_writers(job.plan, model, session, result, pcm,
+                                                        report, ending, partial), partial=partial)
         wall = max(result.wall_s, 1e-9)
         rtf = f"{wall / (result.steps * FRAME_S):.2f}" if result.steps else "-"
-        rows.append([report.path.name, f"{plan.wav.name} ({result.duration:.2f} s)",
+        rows.append([report.path.name, f"{written[0].name} ({result.pcm.size / 24000:.2f} s)",
                      str(result.steps), f"{wall:.1f} s", f"{result.steps / wall:.1f}", rtf,
-                     _ending(model, result)])
-        console.print("[green]wrote[/] " + ", ".join(str(p) for p in plan.all()), highlight=False)
+                     ending.split(":")[0]])
+        console.print(("[yellow]kept partial[/] " if partial else "[green]wrote[/] ")
+                      + escape(", ".join(str(p) for p in written)), highlight=False)
         if result.early_eos:
-            console.print(f"[yellow]warning:[/] the model sampled the end of text "
+            console.print(f"[yellow]note:[/] the model sampled the end of text "
                           f"{result.early_eos} time(s) before the input ended")
-        if result.interrupted:
-            rc = 130
+        if partial:
+            kept = written
             break
+    for path, _ in failed:
+        rows.append([path.name, "-", "", "", "", "", "failed: unreadable"])
     console.print(summary_table(title, rows, console.width))
-    if rc:
-        console.print("interrupted: the outputs above are complete files holding what was "
-                      "generated before Ctrl-C")
-    return rc
+    guard.finished = True
+    names = ", ".join(p.name for p in kept)
+    if guard.signum is not None:
+        return print_stopped(guard.signum, f"partial outputs kept: {names}" if kept else
+                             "the outputs written before it are complete; later inputs were "
+                             "not started")
+    if error is not None:
+        raise NonFiniteError(f"{error} (partial outputs kept: {names})")
+    if failed:
+        raise MoshiMacError(f"{len(failed)} of {len(args.inputs)} inputs failed "
+                            f"({failed[0][1]}); the others were written")
+    return 0

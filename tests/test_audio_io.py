@@ -95,7 +95,9 @@ def test_write_wav_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(sf, "write", boom)
-    with pytest.raises(RuntimeError):
+    from moshi_mac.errors import MoshiMacError
+
+    with pytest.raises(MoshiMacError, match="cannot write .* [(]disk full[)]"):  # one line
         write_wav_atomic(target, np.ones(100, np.float32) * 0.5)
     assert target.read_bytes() == before and _leftovers(tmp_path) == []
 

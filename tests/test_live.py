@@ -70,12 +70,12 @@ def test_devices_listing_and_device_errors(device, make_model, capsys):
     out = capsys.readouterr().out
     assert "audio devices" in out and "Hz" in out and "--input-device" in out
     model = str(make_model("moshi-7b"))
-    for argv, message in [
-        (["--input-device", "no-such-microphone"], "no input device matches 'no-such-microphone'"),
-        (["--output-device", "9999"], "--output-device 9999 is not an output device"),
-        (["--max-buffer-ms", "100"], "--max-buffer-ms must be at least"),
+    for argv, message, rc in [
+        (["--input-device", "no-such-microphone"], "no input device matches 'no-such-microphone'", 1),
+        (["--output-device", "9999"], "--output-device 9999 is not an output device", 1),
+        (["--max-buffer-ms", "100"], "--max-buffer-ms must be at least", 2),  # usage: 2
     ]:
-        assert cli_main(["live", "-w", model, *argv]) == 1
+        assert cli_main(["live", "-w", model, *argv]) == rc
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
 

@@ -124,7 +124,7 @@ def test_force_and_pipelined_equals_sequential(make_model, speech, tmp_path, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "result.srt", "result.wav"]
     capsys.readouterr()
 
-    assert cli_main(args) == 1
+    assert cli_main(args) == 2
     err = capsys.readouterr().err
     assert "exists" in err and "--force" in err and len(err.strip().splitlines()) == 1
     assert out.read_bytes() == first_wav
@@ -149,7 +149,7 @@ def test_user_errors(speech, tmp_path, capsys):
         (["translate", str(speech["wav"]), "--max-tail", "-1", "-w", str(tmp_path)], "--max-tail"),
     ]
     for argv, message in cases:
-        assert cli_main(argv) == 1
+        assert cli_main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
 
@@ -159,7 +159,7 @@ def test_cfg_needs_a_conditioner(make_model, speech, tmp_path, capsys):
     rc = cli_main(["translate", str(speech["wav"]), "-w", str(model), "-o", str(tmp_path),
                    "--cfg", "3"])
     err = capsys.readouterr().err
-    assert rc == 1 and "--cfg" in err
+    assert rc == 2 and "--cfg" in err  # usage
 
 
 def test_sigint_keeps_valid_partial_outputs(make_model, speech, tmp_path):
@@ -186,15 +186,19 @@ def test_sigint_keeps_valid_partial_outputs(make_model, speech, tmp_path):
         proc.kill()
     log = seen + streamed + rest
     assert proc.returncode == 130, log
-    assert "interrupted" in log
-    doc = json.loads((tmp_path / "fr-out.json").read_text())
-    assert doc["interrupted"] is True and doc["ending"].startswith("interrupted")
-    info = sf.info(str(tmp_path / "fr-out.wav"))
+    assert "stopped by Ctrl-C" in log
+    # Partial outputs are kept under the partial names (outputs.py), never the final ones.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fr-out-stereo.partial.wav", "fr-out.partial.json", "fr-out.partial.srt",
+        "fr-out.partial.wav"]  # and no temp or lock files left behind
+    doc = json.loads((tmp_path / "fr-out.partial.json").read_text())
+    assert doc["interrupted"] is True and doc["partial"] is True
+    assert doc["ending"].startswith("interrupted")
+    info = sf.info(str(tmp_path / "fr-out.partial.wav"))
     assert info.samplerate == 24000 and 0 < info.frames < _frames(speech["wav"]) * 1920
     assert info.frames == round(doc["duration"] * 24000)
-    assert sf.info(str(tmp_path / "fr-out-stereo.wav")).channels == 2
-    assert (tmp_path / "fr-out.srt").exists()
-    assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
+    assert sf.info(str(tmp_path / "fr-out-stereo.partial.wav")).channels == 2
+    assert (tmp_path / "fr-out.partial.srt").read_text().strip()
 
 
 # -- engine units ------------------------------------------------------------------------

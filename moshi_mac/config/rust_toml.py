@@ -13,7 +13,8 @@ from typing import Any
 from ..errors import ConfigError
 from .family import infer_model_type
 from .schema import (DepformerConfig, ExtraConfig, ExtraHeadsConfig, GenerationConfig, LmConfig,
-                     LutConditionerConfig, TransformerConfig)
+                     LutConditionerConfig, TransformerConfig, field_problems,
+                     raise_first)
 
 
 def _closest(key: str, known) -> str:
@@ -40,19 +41,7 @@ def _build_transformer(data: dict, where: str) -> TransformerConfig:
     data = dict(data)
     if isinstance(data.get("gating"), str) and data["gating"].lower() in ("none", ""):
         data["gating"] = None
-    t = _build(TransformerConfig, data, where)
-    _check_types(t, where)
-    return t
-
-
-def _check_types(obj, where: str) -> None:
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        want = f.type if isinstance(f.type, str) else str(f.type)
-        if want == "int" and not (isinstance(v, int) and not isinstance(v, bool)):
-            raise ConfigError(f"{where}.{f.name} must be an integer, got {v!r}")
-        if want == "bool" and not isinstance(v, bool):
-            raise ConfigError(f"{where}.{f.name} must be true or false, got {v!r}")
+    return _build(TransformerConfig, data, where)
 
 
 def from_toml_dict(data: dict, source: str = "config") -> LmConfig:
@@ -90,7 +79,7 @@ def from_toml_dict(data: dict, source: str = "config") -> LmConfig:
             **data, "transformer": transformer, "depformer": depformer,
             "conditioners": conditioners, "extra_heads": extra_heads, "moshi_mac": extra,
         }, "config")
-        _check_types(cfg, "config")
+        raise_first(list(field_problems(cfg)))  # before the defaults below use the fields
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     except TypeError as e:  # pragma: no cover - defensive

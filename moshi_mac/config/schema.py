@@ -4,6 +4,8 @@ table, their validation (one line per problem) and TOML writing."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,10 +212,8 @@ class LmConfig:
 
     # -- validation ---------------------------------------------------------------------
     def validate(self, source: str = "config") -> "LmConfig":
-        problems = list(_problems(self))
-        if problems:
-            raise ConfigError(f"{source}: {problems[0]}" + (
-                f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
+        # Types and ranges first: the checks after them divide by and multiply fields.
+        raise_first(list(field_problems(self)) or list(_problems(self)), f"{source}: ")
         return self
 
     # -- serialisation ------------------------------------------------------------------
@@ -242,6 +242,109 @@ def _drop_none(obj):
     if isinstance(obj, list):
         return [_drop_none(v) for v in obj]
     return obj
+
+
+def raise_first(problems: list[str], prefix: str = "") -> None:
+    """One line: the first problem, and how many more there are."""
+    if problems:
+        raise ConfigError(prefix + problems[0] + (
+            f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
+
+
+# Ranges of the numeric fields, by field name (any table): (low, high, low excluded).
+_INT_MAX = 2**31 - 1
+_POSITIVE = (0, _INT_MAX, True)
+_NON_NEGATIVE = (0, _INT_MAX, False)
+RANGES: dict[str, tuple[float, float, bool]] = {
+    **{k: _POSITIVE for k in (
+        "d_model", "num_heads", "num_layers", "dim_feedforward", "context", "max_period",
+        "kv_repeat", "max_seq_len", "conv_kernel_size", "num_slices", "low_rank_embeddings",
+        "text_in_vocab_size", "text_out_vocab_size", "audio_vocab_size", "audio_codebooks",
+        "n_bins", "dim")},
+    **{k: _NON_NEGATIVE for k in ("top_k", "top_k_text", "text_padding_id",
+                                  "end_of_text_padding_id")},
+    "norm_eps": (0, 1, True), "layer_scale": (-1e6, 1e6, False),
+    "temp": (0, 100, False), "temp_text": (0, 100, False),
+    "top_p": (0, 1, False), "top_p_text": (0, 1, False), "cfg_coef": (0, 100, True),
+}
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false",
+               "str": "a string", "list[int]": "a list of integers",
+               "list[str]": "a list of strings", "dict[str, str]": "a table of strings"}
+
+
+def _type_ok(want: str, v) -> bool:
+    if want == "int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if want == "float":
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if want == "bool":
+        return isinstance(v, bool)
+    if want == "str":
+        return isinstance(v, str)
+    if want.startswith("list["):
+        item = want[5:-1]
+        return isinstance(v, list) and all(_type_ok(item, x) for x in v)
+    if want == "dict[str, str]":
+        return isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
+    return True  # nested tables and Any: checked where they are built
+
+
+def _fields(obj, where: str):
+    """Type and range problems of one table, then of the tables inside it."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        name = f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(v):
+            yield from _fields(v, name)
+            continue
+        if isinstance(v, dict) and v and all(dataclasses.is_dataclass(x) for x in v.values()):
+            for key, sub in v.items():
+                yield from _fields(sub, f"{name}.{key}")
+            continue
+        want = f.type if isinstance(f.type, str) else str(f.type)
+        optional = want.endswith(" | None")
+        want = want.removesuffix(" | None")
+        if v is None and optional:
+            continue
+        if not _type_ok(want, v):
+            yield f"{name} must be {_TYPE_WORDS.get(want, want)}, got {v!r}"
+            continue
+        if f.name in RANGES and want in ("int", "float"):
+            low, high, low_open = RANGES[f.name]
+            if not (math.isfinite(v) and (v > low if low_open else v >= low) and v <= high):
+                bound = f"> {low:g}" if low_open else f">= {low:g}"
+                yield f"{name} must be {bound} and <= {high:g}, got {v!r}"
+
+
+def field_problems(cfg: LmConfig):
+    """Every field's type and range, then the memory the attention context needs."""
+    problems = list(_fields(cfg, ""))
+    yield from problems
+    if problems:
+        return
+    need = kv_cache_bytes(cfg)
+    have = physical_memory()
+    if have and need > have:
+        yield (f"transformer.context {cfg.transformer.context} needs a KV cache of "
+               f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB of memory here; "
+               f"use the model's own context")
+
+
+def kv_cache_bytes(cfg: LmConfig, bytes_per_value: int = 2) -> int:
+    """The KV cache of the temporal and depformer transformers at full context (bf16)."""
+    total = 0
+    stacks = [cfg.transformer] + ([cfg.depformer.transformer] if cfg.depformer else [])
+    for t in stacks:
+        kv_width = t.d_model // t.num_heads * max(1, t.num_heads // t.kv_repeat)
+        total += 2 * t.num_layers * t.context * kv_width * bytes_per_value
+    return total
+
+
+def physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 0
 
 
 def _problems(cfg: LmConfig):
