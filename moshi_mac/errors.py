@@ -32,45 +32,39 @@ def signal_name(signum: int) -> str:
 
 
 class MoshiMacError(Exception):
-    """An error the user can fix; printed as one line. Default: a run-time failure."""
+    """An error the user can fix; printed as one line. Default: a run-time failure.
+    A subclass names its exit code in its header: `class X(MoshiMacError, exit_code=...)`."""
 
     exit_code = EXIT_RUNTIME
 
+    def __init_subclass__(cls, exit_code: int | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
-class UsageError(MoshiMacError):
+
+class UsageError(MoshiMacError, exit_code=EXIT_USAGE):
     """A flag value, a path or an argument that cannot work as given."""
 
-    exit_code = EXIT_USAGE
 
-
-class ConfigError(MoshiMacError):
+class ConfigError(MoshiMacError, exit_code=EXIT_USAGE):
     """A config file is malformed or inconsistent."""
 
-    exit_code = EXIT_USAGE
 
-
-class WeightsMismatchError(MoshiMacError):
+class WeightsMismatchError(MoshiMacError, exit_code=EXIT_USAGE):
     """The weights on disk do not match the config (or tokenizer / Mimi), or are corrupt."""
 
-    exit_code = EXIT_USAGE
 
-
-class ModelNotFoundError(MoshiMacError):
+class ModelNotFoundError(MoshiMacError, exit_code=EXIT_RUNTIME):
     """A model's files are neither on disk nor downloadable."""
 
-    exit_code = EXIT_RUNTIME
 
-
-class NonFiniteError(MoshiMacError):
+class NonFiniteError(MoshiMacError, exit_code=EXIT_RUNTIME):
     """The model produced NaN or Inf (its weights are corrupt or it overflowed)."""
 
-    exit_code = EXIT_RUNTIME
 
-
-class OutputBusyError(MoshiMacError):
+class OutputBusyError(MoshiMacError, exit_code=EXIT_RUNTIME):
     """Another run is writing the same outputs."""
-
-    exit_code = EXIT_RUNTIME
 
 
 class Interrupted(KeyboardInterrupt):

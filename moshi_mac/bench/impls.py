@@ -58,6 +58,29 @@ class Runner:
         return {"temporal_ms": 1000 * temporal, "depformer_ms": 1000 * dep,
                 "rest_ms": 1000 * (t1 - t0 - temporal - dep), "total_ms": 1000 * (t1 - t0)}
 
+    def _timed_around(self, codes: np.ndarray, owner, attr: str, before, after) -> dict:
+        """`_timed_step` with `owner.attr` (the depformer) wrapped: `before(*args)` syncs the
+        temporal piece, whose end is marked; `after(out)` syncs the depformer's result."""
+        marks = {}
+        inner, own = getattr(owner, attr), attr in vars(owner)
+
+        def timed(*args, **kwargs):
+            before(*args)
+            marks["temporal"] = time.perf_counter()
+            out = inner(*args, **kwargs)
+            after(out)
+            marks["depformer"] = time.perf_counter()
+            return out
+
+        setattr(owner, attr, timed)
+        try:
+            return self._timed_step(codes, marks)
+        finally:
+            if own:
+                setattr(owner, attr, inner)
+            else:
+                delattr(owner, attr)
+
     def sampling_ms(self, repeats: int = 20) -> float:
         raise NotImplementedError
 
@@ -369,23 +392,11 @@ class MoshiMlxRunner(Runner):
         mx.eval(text, self.gen.gen_sequence)
 
     def split(self, codes: np.ndarray) -> dict:
-        mx, dep = self.mx, self.model.depformer
-        marks = {}
-        orig = dep.sample
-
-        def sample(main_out, sampler, text_token, cache, cfg_coef=1.0):
-            mx.eval(main_out, text_token)
-            marks["temporal"] = time.perf_counter()
-            out = orig(main_out, sampler, text_token, cache, cfg_coef=cfg_coef)
-            mx.eval(out)
-            marks["depformer"] = time.perf_counter()
-            return out
-
-        dep.sample = sample
-        try:
-            return self._timed_step(codes, marks)
-        finally:
-            del dep.sample
+        mx = self.mx
+        # depformer.sample(main_out, sampler, text_token, cache, cfg_coef=...)
+        return self._timed_around(codes, self.model.depformer, "sample",
+                                  lambda main_out, _s, text_token, *_: mx.eval(main_out, text_token),
+                                  mx.eval)
 
     def sampling_ms(self, repeats: int = 20) -> float:
         mx, cfg = self.mx, self.model.cfg
@@ -488,23 +499,8 @@ class PytorchRunner(Runner):
         self.sync()  # a GPU step is timed to its end, as MLX's are by mx.eval
 
     def split(self, codes: np.ndarray) -> dict:
-        state = self.gen._streaming_state
-        marks = {}
-        depth = state.graphed_depth
-
-        def timed_depth(*args):
-            self.sync()
-            marks["temporal"] = time.perf_counter()
-            out = depth(*args)
-            self.sync()
-            marks["depformer"] = time.perf_counter()
-            return out
-
-        state.graphed_depth = timed_depth
-        try:
-            return self._timed_step(codes, marks)
-        finally:
-            state.graphed_depth = depth
+        return self._timed_around(codes, self.gen._streaming_state, "graphed_depth",
+                                  lambda *_: self.sync(), lambda _out: self.sync())
 
     def sampling_ms(self, repeats: int = 20) -> float:
         torch = self.torch
