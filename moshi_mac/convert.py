@@ -73,8 +73,7 @@ def source_files(src: str | Path, config: str | Path | None = None):
 
 
 def _mimi_name(path: Path) -> str:
-    from .random_model import MIMI_FILE
-
+    from .codec import MIMI_FILE
     from .modeldir import MIMI_PATTERNS
 
     return path.name if any(path.match(p) for p in MIMI_PATTERNS) else MIMI_FILE

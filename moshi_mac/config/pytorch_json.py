@@ -13,9 +13,9 @@ from typing import Any
 
 from ..errors import ConfigError
 from .family import infer_model_type
-from .rust_toml import _closest, _default_conditions
 from .schema import (MODEL_TYPES, DepformerConfig, ExtraConfig, ExtraHeadsConfig, GenerationConfig,
-                     LmConfig, LutConditionerConfig, TransformerConfig)
+                     LmConfig, LutConditionerConfig, TransformerConfig, default_conditions,
+                     did_you_mean)
 
 # LMModel / StreamingTransformer defaults for keys a config.json may omit.
 _JSON_DEFAULTS: dict[str, Any] = {
@@ -65,7 +65,7 @@ def from_json_dict(raw: dict, source: str = "config.json") -> LmConfig:
     known = set(_JSON_DEFAULTS) | _JSON_META | _JSON_DEP_KEYS | {"depformer_gating", "demux_second_stream"}
     for key in raw:
         if key not in known:
-            raise ConfigError(f"{source}: unknown key {key!r}{_closest(key, known)}")
+            raise ConfigError(f"{source}: unknown key {key!r}{did_you_mean(key, known)}")
     j = {**_JSON_DEFAULTS, **{k: v for k, v in raw.items() if k not in _JSON_META}}
     if "demux_second_stream" in j:  # the older name, renamed by get_moshi_lm
         j["demux_second_text_stream"] = j.pop("demux_second_stream")
@@ -148,7 +148,7 @@ def from_json_dict(raw: dict, source: str = "config.json") -> LmConfig:
     for key in ("temp", "top_k", "temp_text", "top_k_text", "cfg_coef"):
         if key in gen_raw:
             setattr(gen, key, gen_raw[key])
-    _default_conditions(gen, conditioners)
+    default_conditions(gen, conditioners)
     extra_heads = None
     if j["extra_heads_num_heads"]:
         extra_heads = ExtraHeadsConfig(num_heads=j["extra_heads_num_heads"], dim=j["extra_heads_dim"])

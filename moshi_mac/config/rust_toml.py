@@ -7,19 +7,13 @@ missing required keys, wrong types and inconsistencies are one-line `ConfigError
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any
 
 from ..errors import ConfigError
 from .family import infer_model_type
 from .schema import (DepformerConfig, ExtraConfig, ExtraHeadsConfig, GenerationConfig, LmConfig,
-                     LutConditionerConfig, TransformerConfig, field_problems,
-                     raise_first)
-
-
-def _closest(key: str, known) -> str:
-    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+                     LutConditionerConfig, TransformerConfig, default_conditions, did_you_mean,
+                     field_problems, raise_first)
 
 
 def _build(cls, data: Any, where: str):
@@ -28,7 +22,7 @@ def _build(cls, data: Any, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
-            raise ConfigError(f"unknown key {where}.{key}{_closest(key, fields)}")
+            raise ConfigError(f"unknown key {where}.{key}{did_you_mean(key, fields)}")
     missing = [n for n, f in fields.items()
                if n not in data and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
@@ -49,7 +43,7 @@ def from_toml_dict(data: dict, source: str = "config") -> LmConfig:
     known = {f.name for f in dataclasses.fields(LmConfig)}
     for key in data:
         if key not in known:
-            raise ConfigError(f"{source}: unknown key {key!r}{_closest(key, known)}")
+            raise ConfigError(f"{source}: unknown key {key!r}{did_you_mean(key, known)}")
     try:
         if "transformer" not in data:
             raise ConfigError("missing the [transformer] table")
@@ -91,16 +85,8 @@ def from_toml_dict(data: dict, source: str = "config") -> LmConfig:
             cfg.moshi_mac.text_eos_alias_pad = cfg.moshi_mac.model_type == "hibiki"
     if not cfg.moshi_mac.delays:
         cfg.moshi_mac.delays = default_delays(cfg)
-    _default_conditions(cfg.moshi_mac.generation, cfg.conditioners)
+    default_conditions(cfg.moshi_mac.generation, cfg.conditioners)
     return cfg.validate(source)
-
-
-def _default_conditions(gen: GenerationConfig, conditioners: dict) -> None:
-    """Labels the reference uses when a file names none (moshi/run_inference.py)."""
-    for name, c in conditioners.items():
-        values = c.possible_values
-        gen.conditions.setdefault(name, "very_good" if "very_good" in values else values[-1])
-        gen.cfg_conditions.setdefault(name, "very_bad" if "very_bad" in values else values[0])
 
 
 def default_delays(cfg: LmConfig) -> list[int]:

@@ -4,6 +4,7 @@ table, their validation (one line per problem) and TOML writing."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -412,3 +413,17 @@ def _problems(cfg: LmConfig):
     if cfg.conditioners and set(gen.conditions) != set(cfg.conditioners):
         yield ("moshi_mac.generation.conditions must give a value for every conditioner: "
                + ", ".join(sorted(cfg.conditioners)))
+
+
+def did_you_mean(key: str, known) -> str:
+    """The ` (did you mean 'x'?)` suffix for an unknown key, or "" when nothing is close."""
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def default_conditions(gen: GenerationConfig, conditioners: dict) -> None:
+    """Labels the reference uses when a file names none (moshi/run_inference.py)."""
+    for name, c in conditioners.items():
+        values = c.possible_values
+        gen.conditions.setdefault(name, "very_good" if "very_good" in values else values[-1])
+        gen.cfg_conditions.setdefault(name, "very_bad" if "very_bad" in values else values[0])
