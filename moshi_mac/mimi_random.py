@@ -214,20 +214,15 @@ def random_mimi_tensors(seed: int = 0, num_codebooks: int = MAX_CODEBOOKS) -> di
 def write_random_mimi(path: str | Path, seed: int = 0, num_codebooks: int = MAX_CODEBOOKS) -> Path:
     """Write a random Mimi checkpoint (safetensors, float32, ~385 MB for 32 codebooks),
     atomically and with the mode a plain `open()` gives (safetensors itself makes 0600)."""
-    import os
-
     from safetensors.numpy import save_file
 
+    from .outputs import atomic_path
     from .paths import file_mode
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_path(path) as tmp:
         save_file(random_mimi_tensors(seed, num_codebooks), str(tmp))
         tmp.chmod(file_mode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -10,7 +10,6 @@ writes lazily computed tensors one at a time, atomically, so huge models can be 
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from .errors import ModelNotFoundError, MoshiMacError, UsageError, WeightsMismatchError
+from .outputs import atomic_path
 
 _MAX_HEADER = 100 * 1024 * 1024
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
@@ -121,19 +121,13 @@ def save_safetensors_streamed(path: str | Path, tensors: dict[str, mx.array],
         offset += v.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for name in list(tensors):
-                v = tensors.pop(name)
-                mx.eval(v)
-                if v.dtype in (mx.bfloat16, mx.float16):
-                    v = v.view(mx.uint16)
-                f.write(np.asarray(v).tobytes())
-                del v
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name in list(tensors):
+            v = tensors.pop(name)
+            mx.eval(v)
+            if v.dtype in (mx.bfloat16, mx.float16):
+                v = v.view(mx.uint16)
+            f.write(np.asarray(v).tobytes())
+            del v
