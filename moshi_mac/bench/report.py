@@ -201,7 +201,7 @@ def e2e_cells(e: dict) -> list[str]:
     if e.get("status") != "ok":
         return [e["model"], e.get("shape", ""), e.get("dtype", ""), "", e.get("status", "?"), "", "", ""]
     st = e["runs"]["pipelined"][0]["stage_ms"]
-    return [e["model"], e["shape"], e["dtype"], f"{e['audio_s']:.0f}", f"{e['pipelined_rtf']:.2f}",
+    return [e["model"], e["shape"], e["dtype"], f"{e['audio_s']:g}", f"{e['pipelined_rtf']:.2f}",
             f"{e['sequential_rtf']:.2f}",
             f"{st['encode']:.1f} / {st['lm']:.1f} / {st['decode']:.1f}",
             f"{e['loadavg_before'][0]:.1f}"]
