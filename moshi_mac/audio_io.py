@@ -10,6 +10,9 @@ sees half a file).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +62,23 @@ def _check_input(path: Path) -> None:
         raise UsageError(f"audio file {path} does not exist; check the path")
 
 
+@contextlib.contextmanager
+def native_stderr_to(path: str | Path):
+    """Send what C audio libraries write to stderr (ALSA's "underrun occurred", mpg123's
+    "Illegal Audio-MPEG-Header" notes, ...) to `path` (a log, or os.devnull) meanwhile:
+    stderr is for the one line of a fault, and on a terminal those lines scramble the
+    screen."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "wb") as log:
+        os.dup2(log.fileno(), 2)
+    try:
+        yield path
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _unreadable(path: Path, e: Exception) -> UsageError:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return UsageError(f"cannot read audio file {path} ({reason}); convert it to {_FORMATS}, "
@@ -72,7 +92,8 @@ def probe_audio(path: str | Path) -> float:
     path = Path(path)
     _check_input(path)
     try:
-        info = sf.info(str(path))
+        with native_stderr_to(os.devnull):  # the error below says what is wrong
+            info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise _unreadable(path, e) from None
     if info.frames <= 0:
@@ -88,7 +109,8 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> tuple[np.nda
     path = Path(path)
     _check_input(path)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with native_stderr_to(os.devnull):
+            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise _unreadable(path, e) from None
     if data.shape[0] == 0:

@@ -17,9 +17,6 @@ out of the model ends it too, recording kept, exit 1.
 from __future__ import annotations
 
 import collections
-import contextlib
-import os
-import sys
 import threading
 import time
 from datetime import datetime
@@ -32,6 +29,7 @@ from .buffers import LAG_MODES, FrameFifo, JitterBuffer, LagPolicy, SampleRing
 from .codec import FRAME_SIZE, SAMPLE_RATE
 from .errors import MoshiMacError, NonFiniteError, UsageError
 from .guards import SanitizeReport, sanitize_pcm
+from .audio_io import native_stderr_to
 from .live_status import METER_FLOOR_DB, device_label, level_db, level_meter
 
 HEADPHONES = ("[yellow]Use headphones.[/] Through laptop speakers the model hears its own voice "
@@ -475,22 +473,6 @@ def session_stats(result, audio: LiveAudio, mic: MicSource, stats: LiveStats) ->
         "below_real_time_steps": stats.pace.behind_steps if stats.pace else 0,
         "below_real_time": stats.pace.worst if stats.pace else None,
     }
-
-
-@contextlib.contextmanager
-def native_stderr_to(path: Path):
-    """Send what C libraries write to stderr (ALSA's "underrun occurred", ...) to `path`
-    while the session runs: it would scramble the screen, and stderr is for the one line
-    of a fault. The path is printed at the end."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "wb") as log:
-        os.dup2(log.fileno(), 2)
-    try:
-        yield path
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _record_dir(root: Path) -> Path:

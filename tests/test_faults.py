@@ -106,7 +106,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("inputs")
     paths = {k: d / v for k, v in {
         "speech": "speech.wav", "brackets": "talk [fr].wav", "nan": "nan.wav",
-        "notes": "notes.wav", "empty": "empty.wav", "folder": "a folder",
+        "notes": "notes.wav", "bad_mp3": "bad.mp3", "empty": "empty.wav", "folder": "a folder",
         "file": "plain.txt"}.items()}
     sf.write(paths["speech"], _tone(1.0), 24000)
     sf.write(paths["brackets"], _tone(0.5), 24000)
@@ -114,6 +114,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     bad[3000], bad[14000], bad[20000] = np.nan, np.inf, 4.0
     sf.write(paths["nan"], bad, 24000, subtype="FLOAT")
     paths["notes"].write_text("not audio")
+    paths["bad_mp3"].write_bytes(b"\x00" * 4096)  # libsndfile's mpg123 prints notes to stderr
     sf.write(paths["empty"], np.zeros(0, np.float32), 24000)
     paths["folder"].mkdir()
     paths["file"].write_text("a file")
@@ -318,6 +319,7 @@ FAST: dict[str, Fault] = {
                                           c.model, "-o", c.out], 2, "x[/x] [red].wav does not exist"),
     "input-is-a-folder": Fault(tr(inp="folder"), 2, "is a folder, not an audio file"),
     "input-not-audio": Fault(tr(inp="notes"), 2, "cannot read audio file"),
+    "input-garbage-mp3": Fault(tr(inp="bad_mp3"), 2, "cannot read audio file"),
     "input-empty": Fault(tr(inp="empty"), 2, "contains no audio"),
     "batch-all-unreadable": Fault(lambda c: ["translate", c.inputs["notes"], c.inputs["empty"],
                                              "-w", c.model, "-o", c.out], 2,
