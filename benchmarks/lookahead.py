@@ -119,10 +119,10 @@ def _median(xs):
 
 
 def measure(shape: str, folder: Path, args) -> dict:
-    from moshi_mac.engine import load_model
+    from moshi_mac.api import load
     from moshi_mac.speech_sample import speech_sample
 
-    model = load_model(None, folder)
+    model = load(weights=folder).loaded
     cfg = model.cfg
     steps = args.tiny_steps if shape == "tiny" else args.real_steps
     seconds = args.tiny_seconds if shape == "tiny" else args.real_seconds

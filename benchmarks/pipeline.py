@@ -123,7 +123,7 @@ def main(argv=None) -> int:
 
     import mlx.core as mx
 
-    from moshi_mac.engine import load_model
+    from moshi_mac.api import load
     from moshi_mac.mimi_random import write_random_mimi
     from moshi_mac.random_model import make_random_model
 
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
               f"({pick['step_ms']} ms/step vs Mimi {mimi['total_ms']:.1f} ms/frame)")
         cfg = scaled_config(pick["d_model"], pick["layers"])
         make_random_model(cfg, tmp / "model", mimi=mimi_path)
-        model = load_model(None, tmp / "model")
+        model = load(weights=tmp / "model").loaded
         pcm = speech(args.seconds, tmp)
         runs, outputs = [], {}
         for _ in range(args.repeats):

@@ -123,6 +123,7 @@ def _codec_loop(case: str, mimi, frames: int, sampler: Sampler, deadline: float)
 def _pipeline(mimi_path: Path, handover, frames: int, sampler: Sampler, deadline: float,
               workdir: Path) -> str:
     from moshi_mac import engine
+    from moshi_mac.api import load
     from moshi_mac.codec import Mimi
     from moshi_mac.config import load_config
     from moshi_mac.random_model import make_random_model
@@ -130,7 +131,7 @@ def _pipeline(mimi_path: Path, handover, frames: int, sampler: Sampler, deadline
     out = workdir / "model"
     make_random_model(load_config(ROOT / "configs" / f"{LM_CONFIG}.toml"), out, tiny=True,
                       mimi=mimi_path)
-    model = engine.load_model(None, out)
+    model = load(weights=out).loaded
     codecs = (Mimi(mimi_path, model.cfg.user_codebooks, handover=handover),
               Mimi(mimi_path, model.cfg.dep_q, handover=handover))
     session = engine.Session(model, keep_audio=False, codecs=codecs)

@@ -4,6 +4,7 @@ The Python API (api.py; the README's "Python API"):
 
     import moshi_mac
     model = moshi_mac.load("hibiki-1b-bf16")     # or a repo id, or a model folder
+    moshi_mac.check("hibiki-1b-bf16")              # its files checked together, not loaded
     result = model.run("talk.wav", seed=0)         # or a numpy array and its sample_rate
     result.save("talk-out")                        # .wav, .srt, .json, as `translate` writes
     with model.stream(seed=0) as stream: ...       # feed() chunks, close(); see api.py
@@ -20,11 +21,11 @@ doctor, convert, bench). The names below load on first use, so `import moshi_mac
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "Model", "Stream", "Event", "Result", "Sampling", "score"]
+__all__ = ["load", "check", "Model", "Stream", "Event", "Result", "Sampling", "score"]
 
 
 def __getattr__(name: str):
-    if name in ("load", "Model", "Stream", "Event", "Sampling", "score"):
+    if name in ("load", "check", "Model", "Stream", "Event", "Sampling", "score"):
         from . import api
 
         return getattr(api, name)

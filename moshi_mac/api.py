@@ -17,9 +17,10 @@
 
     out = moshi_mac.score(model, codes)              # teacher-forced logits (scoring.py)
 
-`load` resolves, checks (config vs LM weights vs tokenizer vs Mimi) and loads exactly as
-the CLI does (`engine.load_model`). `Model.run` is the file path of `moshi-mac translate`:
-both call `run_pcm`. Hibiki translates, feeding the end-of-input codes and then silence
+`load` resolves, checks (config vs LM weights vs tokenizer vs Mimi: `check`, which is
+`moshi-mac check`) and loads; every command loads its model through it. `Model.run` is
+the file path of `moshi-mac translate`: both call `run_pcm`. NaN or Inf out of the model
+stops a run with a `NonFiniteError` whose `.result` is what was made before it. Hibiki translates, feeding the end-of-input codes and then silence
 until it ends its translation (at most `max_tail_s`); Moshi answers, as long as the input.
 
 Sampling options (`Sampling`), for `run` and `stream`: seed, temp, top_k, temp_text,
@@ -164,8 +165,15 @@ def run_session(model: LoadedModel, pcm: np.ndarray, options, *,
 
 
 def run_pcm(model: LoadedModel, pcm: np.ndarray, options, info: InputInfo, **kwargs) -> Result:
-    """`run_session` (the path of `moshi-mac translate`) as a Result."""
-    session, res = run_session(model, pcm, options, **kwargs)
+    """`run_session` (the path of `moshi-mac translate`) as a Result. A NonFiniteError
+    carries the partial Result (`.result`, its `error` set)."""
+    from .errors import NonFiniteError
+
+    try:
+        session, res = run_session(model, pcm, options, **kwargs)
+    except NonFiniteError as e:
+        e.result = replace(to_result(model, e.session, e.partial, pcm, info), error=str(e))
+        raise
     return to_result(model, session, res, pcm, info)
 
 
@@ -177,8 +185,7 @@ def _audio_in(audio, sample_rate: int | None) -> tuple[np.ndarray, InputInfo]:
         if sample_rate is not None:
             raise MoshiMacError("sample_rate is for arrays; a file's rate is read from the file")
         pcm, report = read_audio(audio)
-        return pcm, InputInfo(str(report.path), report.sample_rate, report.channels,
-                              report.duration, report.cleaned.nonfinite + report.cleaned.clipped)
+        return pcm, InputInfo.from_report(report)
     rate = SAMPLE_RATE if sample_rate is None else int(sample_rate)
     arr = np.asarray(audio)
     pcm = to_mono(arr, rate)
@@ -197,6 +204,17 @@ class Model:
 
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
+
+    @classmethod
+    def from_files(cls, files, config, *, quantize: str | None = None, dtype=None) -> "Model":
+        """Load checked files (`check(...).files` and `.config`; `load` does both steps):
+        the LM weights, strictly against the config, and the tokenizer."""
+        from .tokenizer import load_tokenizer
+        from .weights import load_lm
+
+        lm, _ = load_lm(files.weights, config, files.name, dtype=dtype,
+                        expect_quant=files.expect_quant, quantize=quantize)
+        return cls(LoadedModel(files, config, lm, load_tokenizer(files.tokenizer)))
 
     @property
     def name(self) -> str:
@@ -262,22 +280,36 @@ class Model:
         return Stream(self, Sampling.from_kwargs(sampling), keep_audio=keep_audio)
 
 
-def load(name_or_repo_or_folder: str | Path, *, quantize: str | None = None, dtype=None) -> Model:
+def check(name_or_repo_or_folder: str | Path | None = None, *, weights: str | Path | None = None,
+          download: bool = True):
+    """Resolve a model as `load` does and check its files together, from their headers:
+    the config against every LM tensor, the tokenizer and Mimi (nothing is loaded). Returns
+    a `modeldir.ModelCheck` (.files, .config, .weights: the tensor report, ...); raises a
+    one-line `MoshiMacError` at the first mismatch. What `moshi-mac check` prints.
+    `weights`: a model folder given as the CLI's `--weights` (instead of a name)."""
+    from .modeldir import check_model, resolve
+
+    name = None if name_or_repo_or_folder is None else str(name_or_repo_or_folder)
+    return check_model(resolve(name, weights, download=download))
+
+
+def load(name_or_repo_or_folder: str | Path | None = None, *, quantize: str | None = None,
+         dtype=None, weights: str | Path | None = None, download: bool = True) -> Model:
     """Load a model, resolved as `--model` resolves it (modeldir.resolve): a registry name
     (see `moshi-mac models`), a Hugging Face repo id (e.g. "kyutai/hibiki-1b-mlx-bf16"),
-    both downloaded on first use, or a model folder (config, LM weights, Mimi, tokenizer).
-    `quantize`: "q8" or "q4" to
-    quantize full-precision weights as they load. `dtype`: the activation dtype, an
-    `mx.Dtype` or its name ("bfloat16", "float32"); default: `weights.default_dtype`."""
-    from .engine import load_model
-
+    both downloaded on first use (unless `download` is False), or a model folder (config,
+    LM weights, Mimi, tokenizer). The files are checked together first (`check`).
+    `quantize`: "q8" or "q4" to quantize full-precision weights as they load. `dtype`: the
+    activation dtype, an `mx.Dtype` or its name ("bfloat16", "float32"); default:
+    `weights.default_dtype`. Every command loads its model here."""
     if isinstance(dtype, str):
         import mlx.core as mx
 
         if dtype not in ("bfloat16", "float16", "float32"):
             raise MoshiMacError(f"dtype must be bfloat16, float16 or float32, got {dtype!r}")
         dtype = getattr(mx, dtype)
-    return Model(load_model(str(name_or_repo_or_folder), quantize=quantize, dtype=dtype))
+    checked = check(name_or_repo_or_folder, weights=weights, download=download)
+    return Model.from_files(checked.files, checked.config, quantize=quantize, dtype=dtype)
 
 
 def score(model, codes, conditions: list[dict[str, str]] | None = None):

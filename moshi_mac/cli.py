@@ -155,10 +155,10 @@ def cmd_download(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .modeldir import check_model, resolve
+    from .api import check
 
-    files = resolve(args.model, args.weights, download=not args.no_download)
-    res = check_model(files)
+    res = check(args.model, weights=args.weights, download=not args.no_download)
+    files = res.files
     w = res.weights
     table = Table(title=f"check: {escape(files.name)}", show_header=False)
     table.add_column("what")

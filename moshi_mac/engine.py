@@ -56,22 +56,6 @@ class LoadedModel:
         return self.cfg.moshi_mac.model_type == "hibiki"
 
 
-def load_model(model: str | None, weights=None, *, quantize: str | None = None,
-               dtype=None) -> LoadedModel:
-    """Resolve `--model` / `--weights`, check every file against the config, load the LM
-    (`quantize`: "q8" / "q4" on load; `dtype`: the activation dtype, default per
-    `weights.default_dtype`)."""
-    from .modeldir import check_model, resolve
-    from .tokenizer import load_tokenizer
-    from .weights import load_lm
-
-    files = resolve(model, weights)
-    check = check_model(files)
-    lm, _ = load_lm(files.weights, check.config, files.name, dtype=dtype,
-                    expect_quant=files.expect_quant, quantize=quantize)
-    return LoadedModel(files, check.config, lm, load_tokenizer(files.tokenizer))
-
-
 # ---------------------------------------------------------------------------------------
 # Frames in and out
 # ---------------------------------------------------------------------------------------

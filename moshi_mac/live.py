@@ -489,9 +489,9 @@ def main(args) -> int:
     from rich.live import Live
     from rich.table import Table
 
-    from .cli import console, print_stopped, print_warning
-    from .cli import gen_options
-    from .engine import FRAME_S, Session, load_model
+    from .api import load
+    from .cli import console, gen_options, print_stopped, print_warning
+    from .engine import FRAME_S, Session
     from .live_status import Pace
     from .paths import cache_dir
     from .signals import current
@@ -502,7 +502,7 @@ def main(args) -> int:
     in_dev = pick_device(args.input_device, "input")
     out_dev = pick_device(args.output_device, "output")
     with console.status("loading the model"):
-        model = load_model(args.model, args.weights)
+        model = load(args.model, weights=args.weights).loaded
     session = Session(model, gen_options(args), keep_audio=False, timeline="input",
                       slow_s=args.debug_step_delay_ms / 1000, queue_size=1)
     with console.status("warming up"):

@@ -171,6 +171,10 @@ class OutputSet:
         rename them all into place: under the partial names when `partial`. Returns the
         paths written. Nothing is left behind when a write fails."""
         targets = {p: (partial_path(p) if partial else p) for p in writers}
+        for target in targets.values():  # a rename onto a folder would fail half-way
+            if target.is_dir():
+                raise UsageError(f"output {target} is a folder; remove it or choose another "
+                                 f"output path")
         staged: list[tuple[Path, Path]] = []
         try:
             for final, write in writers.items():
@@ -185,8 +189,12 @@ class OutputSet:
         except BaseException:
             self.discard_temps()
             raise
-        for tmp, target in staged:
-            os.replace(tmp, target)
+        try:
+            for tmp, target in staged:
+                os.replace(tmp, target)
+        except OSError as e:  # e.g. the folder went away: what was not moved is removed
+            self.discard_temps()
+            raise write_error(target, e) from None
         self._temps.clear()
         if not partial:
             for p in self.partial_paths:

@@ -4,15 +4,18 @@
 float32, 24 kHz mono), the text with word and token times, and how the run went (steps,
 wall time, why it ended, the sampling options). `Result.save(prefix, formats=...)` writes
 the output files of `moshi-mac translate`: PREFIX.wav, PREFIX.srt / PREFIX.vtt, PREFIX.json
-and PREFIX-stereo.wav (input left, output right); `Result.write` takes explicit paths (the
-`translate` command's plan). Every file is written atomically (audio_io, transcript).
-To add an output format, add it to `FORMATS` and to `Result.write`.
+and PREFIX-stereo.wav (input left, output right); `Result.write` takes explicit paths.
+Both, and the `translate` command, go through `Result.writers` (final path -> fn(temp
+path)), committed as one set by `outputs.OutputSet.commit`: all the files or none, each
+moved into place only once every one is written. To add an output format, add it to
+`FORMATS` and to `Result.writers`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -42,6 +45,12 @@ class InputInfo:
         return {"sample_rate": self.sample_rate, "channels": self.channels,
                 "duration": round(self.duration, 3), "cleaned_samples": self.cleaned_samples}
 
+    @classmethod
+    def from_report(cls, report) -> "InputInfo":
+        """From `audio_io.read_audio`'s report (a file)."""
+        return cls(str(report.path), report.sample_rate, report.channels, report.duration,
+                   report.cleaned.nonfinite + report.cleaned.clipped)
+
 
 @dataclass
 class Result:
@@ -66,17 +75,28 @@ class Result:
     input_pcm: np.ndarray = field(repr=False)  # the input at 24 kHz mono (for "stereo")
     stage_ms: dict = field(default_factory=dict)  # ms per call of encode / lm / decode
     sample_rate: int = SAMPLE_RATE
+    error: str | None = None  # what stopped the run early (NaN/Inf out of the model)
+    stopped_by: str | None = None  # the signal that interrupted it ("SIGTERM"), if one did
 
     @property
     def duration(self) -> float:
-        """Seconds of generated output."""
-        return self.outputs * FRAME_SIZE / self.sample_rate
+        """Seconds of generated output (of its audio, when the run kept it)."""
+        return (self.pcm.size if self.pcm.size else self.outputs * FRAME_SIZE) / self.sample_rate
+
+    @property
+    def partial(self) -> bool:
+        """The run did not finish (interrupted, or stopped by an error): what it made is
+        valid but incomplete."""
+        return self.interrupted or self.error is not None
 
     @property
     def ending(self) -> str:
         """Why the run ended, in words."""
+        if self.error is not None:
+            return f"stopped: {self.error}"
         if self.interrupted:
-            return "interrupted (partial outputs kept)"
+            by = f" by {self.stopped_by}" if self.stopped_by else ""
+            return f"interrupted (partial outputs kept){by}"
         if self.model_type != "hibiki":
             return "end of input"
         return "end of translation (EOS)" if self.eos_reached else "tail limit reached before EOS"
@@ -88,26 +108,36 @@ class Result:
                     frame_rate=FRAME_RATE, duration=round(self.duration, 3), steps=self.steps,
                     wall_s=round(self.wall_s, 3), pipelined=self.pipelined,
                     sampling=dict(self.sampling), end_of_text=self.eos_reached,
-                    partial=self.interrupted, interrupted=self.interrupted, ending=self.ending)
+                    partial=self.partial, interrupted=self.interrupted, ending=self.ending)
 
-    def write(self, *, wav: Path | None = None, subtitles: Path | None = None,
-              json: Path | None = None, stereo: Path | None = None) -> list[Path]:
-        """Write the given files (subtitles: .srt or .vtt by its suffix); return them."""
-        from .audio_io import write_stereo_wav_atomic, write_wav_atomic
-        from .transcript import transcript_files, write_text_atomic
+    def writers(self, *, wav=None, subtitles=None, json=None,
+                stereo=None) -> dict[Path, Callable[[Path], None]]:
+        """Final path -> fn(temp path) writing that file, for each path given (subtitles:
+        .srt or .vtt by its suffix), in this order: wav, stereo, subtitles, JSON."""
+        from .audio_io import write_stereo_wav, write_wav
+        from .transcript import transcript_files
 
-        written = []
+        out: dict[Path, Callable[[Path], None]] = {}
         if wav is not None:
-            written.append(write_wav_atomic(wav, self.pcm, self.sample_rate))
+            out[Path(wav)] = lambda tmp: write_wav(tmp, self.pcm, self.sample_rate)
         if stereo is not None:
-            written.append(write_stereo_wav_atomic(stereo, self.input_pcm, self.pcm,
-                                                   self.sample_rate))
+            out[Path(stereo)] = lambda tmp: write_stereo_wav(tmp, self.input_pcm, self.pcm,
+                                                             self.sample_rate)
         if subtitles is not None or json is not None:
+            subtitles, json = (None if p is None else Path(p) for p in (subtitles, json))
             texts = transcript_files(subtitles or Path("unused.srt"), json or Path("unused.json"),
                                      self.text, self.words, self.tokens,
                                      **self.transcript_meta())
-            written += [write_text_atomic(p, texts[p]) for p in (subtitles, json) if p is not None]
-        return written
+            for p in (subtitles, json):
+                if p is not None:
+                    out[p] = lambda tmp, text=texts[p]: tmp.write_text(text, encoding="utf-8")
+        return out
+
+    def write(self, *, wav: Path | None = None, subtitles: Path | None = None,
+              json: Path | None = None, stereo: Path | None = None) -> list[Path]:
+        """Write the given files (subtitles: .srt or .vtt by its suffix) as one set; return
+        them."""
+        return _commit(self.writers(wav=wav, subtitles=subtitles, json=json, stereo=stereo))
 
     def save(self, path_prefix: str | Path, formats=DEFAULT_FORMATS) -> list[Path]:
         """Write PREFIX.wav, PREFIX.srt, PREFIX.vtt, PREFIX.json and PREFIX-stereo.wav, as
@@ -122,10 +152,21 @@ class Result:
         paths: dict[str, Path] = {f: base.with_name(f"{stem}.{f}") for f in formats}
         if "stereo" in paths:
             paths["stereo"] = base.with_name(f"{stem}-stereo.wav")
-        written = []
+        writers = self.writers(wav=paths.get("wav"), stereo=paths.get("stereo"))
         for fmt in SUBTITLE_FORMATS:
             if fmt in paths:
-                written += self.write(subtitles=paths[fmt])
-        written += self.write(wav=paths.get("wav"), json=paths.get("json"),
-                              stereo=paths.get("stereo"))
-        return written
+                writers.update(self.writers(subtitles=paths[fmt]))
+        writers.update(self.writers(json=paths.get("json")))
+        return _commit(writers)
+
+
+def _commit(writers: dict[Path, Callable[[Path], None]]) -> list[Path]:
+    """Write the files as one set (outputs.OutputSet.commit), making their folders."""
+    from .outputs import OutputSet, write_error
+
+    for path in writers:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(path, e) from None
+    return OutputSet(list(writers)).commit(writers)

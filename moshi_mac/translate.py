@@ -186,62 +186,6 @@ class FileProgress:
 # The command
 # ---------------------------------------------------------------------------------------
 
-def translate_file(model, pcm, options, *, max_tail_s: float, pipelined: bool,
-                   slow_s: float = 0.0, progress: FileProgress | None = None,
-                   stop: threading.Event | None = None):
-    """Run one input through a fresh session; return (session, result, error): `error` is
-    a `NonFiniteError` that stopped the run, `result` then what was made before it."""
-    from .api import run_session
-
-    hooks = {} if progress is None else {"listeners": [progress.on_text],
-                                         "on_step": progress.on_step}
-    try:  # the path of Model.run
-        return (*run_session(model, pcm, options, max_tail_s=max_tail_s, pipelined=pipelined,
-                             slow_s=slow_s, stop=stop, **hooks), None)
-    except NonFiniteError as e:
-        return e.session, e.partial, e
-
-
-def _ending(model, result) -> str:
-    if result.interrupted:
-        return "interrupted (partial outputs kept)"
-    if not model.is_hibiki:
-        return "end of input"
-    return "end of translation (EOS)" if result.eos_reached else "tail limit reached before EOS"
-
-
-def output_writers(plan: Outputs, model, session, result, src_pcm, report, ending: str,
-                   partial: bool) -> dict:
-    """Final path -> fn(temp path) for each output file of one input; `partial`: the run
-    did not finish (the JSON says so)."""
-    from .audio_io import write_stereo_wav, write_wav
-    from .codec import FRAME_RATE, SAMPLE_RATE
-    from .transcript import transcript_files
-
-    text = session.text
-    opts = session.stepper.gen.opts
-    texts = transcript_files(
-        plan.subtitles, plan.json, text.text.strip(), text.words, text.tokens,
-        model=model.name, model_type=model.cfg.moshi_mac.model_type, input=str(report.path),
-        input_audio={"sample_rate": report.sample_rate, "channels": report.channels,
-                     "duration": round(report.duration, 3),
-                     "cleaned_samples": report.cleaned.nonfinite + report.cleaned.clipped},
-        sample_rate=SAMPLE_RATE, frame_rate=FRAME_RATE,
-        duration=round(result.pcm.size / SAMPLE_RATE, 3) if model.cfg.dep_q
-        else round(result.duration, 3),
-        steps=result.steps, wall_s=round(result.wall_s, 3), pipelined=result.pipelined,
-        sampling={k: getattr(opts, k) for k in ("seed", "cfg_coef", "temp", "top_k", "temp_text",
-                                                  "top_k_text", "greedy")},
-        end_of_text=result.eos_reached, partial=partial,
-        interrupted=result.interrupted, ending=ending)
-    writers = {plan.wav: lambda tmp: write_wav(tmp, result.pcm, SAMPLE_RATE)}
-    if plan.stereo is not None:
-        writers[plan.stereo] = lambda tmp: write_stereo_wav(tmp, src_pcm, result.pcm, SAMPLE_RATE)
-    for path, content in texts.items():
-        writers[path] = lambda tmp, content=content: tmp.write_text(content, encoding="utf-8")
-    return writers
-
-
 @dataclass
 class Job:
     """One input: its outputs and, once probed, its length."""
@@ -310,14 +254,14 @@ def main(args) -> int:
 
 
 def _run(args, jobs: list[Job], failed: list[tuple[Path, str]], guard) -> int:
+    from .api import load, run_pcm
     from .audio_io import read_audio
-    from .cli import console, print_stopped, print_warning
+    from .cli import console, gen_options, print_stopped, print_warning
     from .codec import FRAME_SIZE
-    from .cli import gen_options
-    from .engine import load_model
+    from .result import InputInfo
 
     with console.status("loading the model"):
-        model = load_model(args.model, args.weights)
+        model = load(args.model, weights=args.weights).loaded
     options = gen_options(args)
     what = "translating" if model.is_hibiki else "answering"
     console.print(f"[dim]model[/] {escape(model.name)}: {model.cfg.summary()}", highlight=False)
@@ -348,23 +292,28 @@ def _run(args, jobs: list[Job], failed: list[tuple[Path, str]], guard) -> int:
                               input_steps) as progress:
                 if not progress.tty:
                     console.print(f"{what} {escape(report.path.name)}:", highlight=False)
-                session, result, error = translate_file(
-                    model, pcm, options, max_tail_s=args.max_tail, pipelined=not args.sequential,
-                    slow_s=args.debug_step_delay_ms / 1000, progress=progress, stop=stop)
+                error = None
+                try:  # the path of Model.run
+                    result = run_pcm(model, pcm, options, InputInfo.from_report(report),
+                                     max_tail_s=args.max_tail, pipelined=not args.sequential,
+                                     slow_s=args.debug_step_delay_ms / 1000, stop=stop,
+                                     listeners=[progress.on_text], on_step=progress.on_step)
+                except NonFiniteError as e:
+                    result, error = e.result, e
             if guard.signum is not None:
-                result = dataclasses.replace(result, interrupted=True)
-            ending = (f"stopped: {error}" if error is not None else _ending(model, result)
-                      + (f" by {guard.name}" if result.interrupted and guard.signum else ""))
-            if progress.tty and session.text.text.strip():
-                console.print(session.text.text.strip(), highlight=False, markup=False)
-            partial = result.interrupted or error is not None
-            written = job.outputs.commit(output_writers(job.plan, model, session, result, pcm,
-                                                        report, ending, partial), partial=partial)
+                result = dataclasses.replace(result, interrupted=True, stopped_by=guard.name)
+            if progress.tty and result.text:
+                console.print(result.text, highlight=False, markup=False)
+            partial = result.partial
+            written = job.outputs.commit(
+                result.writers(wav=job.plan.wav, stereo=job.plan.stereo,
+                               subtitles=job.plan.subtitles, json=job.plan.json),
+                partial=partial)
         wall = max(result.wall_s, 1e-9)
         rtf = f"{wall / (result.steps * FRAME_S):.2f}" if result.steps else "-"
         rows.append([report.path.name, f"{written[0].name} ({result.pcm.size / 24000:.2f} s)",
                      str(result.steps), f"{wall:.1f} s", f"{result.steps / wall:.1f}", rtf,
-                     ending.split(":")[0]])
+                     result.ending.split(":")[0]])
         console.print(("[yellow]kept partial[/] " if partial else "[green]wrote[/] ")
                       + escape(", ".join(str(p) for p in written)), highlight=False)
         if result.early_eos:

@@ -203,6 +203,55 @@ def test_user_errors(hibiki, hibiki_dir, make_model, speech, tmp_path):
         stream.feed(pcm, sample_rate=16000)
 
 
+def test_check_is_the_first_half_of_load(hibiki, hibiki_dir, make_model, tmp_path):
+    """`moshi_mac.check` reads headers only and is what `load` checks first: it names
+    every file of the model and stops at the first mismatch in one line."""
+    checked = moshi_mac.check(hibiki_dir)
+    assert checked.files.weights == hibiki.files.weights
+    assert checked.config.summary() == hibiki.config.summary()
+    assert checked.weights.n_tensors > 0 and checked.tokenizer_vocab == hibiki.tokenizer.vocab_size()
+    assert moshi_mac.check(weights=hibiki_dir).files.weights == checked.files.weights
+    mixed = tmp_path / "mixed"  # Hibiki's files under Moshi's config: refused before loading
+    shutil.copytree(hibiki_dir, mixed)
+    shutil.copy(make_model("moshi-7b") / "config.toml", mixed / "config.toml")
+    for call in (lambda: moshi_mac.check(mixed), lambda: moshi_mac.load(mixed)):
+        with pytest.raises(MoshiMacError) as err:
+            call()
+        assert "\n" not in str(err.value) and "config.toml" in str(err.value)
+
+
+def test_save_writes_all_the_files_or_none(reference, tmp_path):
+    """`Result.save` commits its files as one set: a file that cannot be written leaves
+    none of the others behind (nor a temp file)."""
+    (tmp_path / "talk.json").mkdir()  # the JSON cannot be written there
+    with pytest.raises(MoshiMacError, match="talk.json is a folder"):
+        reference.save(tmp_path / "talk", formats=("wav", "srt", "json"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.json"]
+    written = reference.save(tmp_path / "sub" / "talk", formats="wav")
+    assert written == [tmp_path / "sub" / "talk.wav"] and written[0].stat().st_size > 44
+
+
+def test_nonfinite_run_keeps_the_partial_result(make_model, speech, tmp_path):
+    """NaN out of the model stops `Model.run` with a NonFiniteError whose `.result` is the
+    valid partial run, marked as such in its JSON."""
+    from moshi_mac.errors import NonFiniteError
+
+    folder = tmp_path / "nan"
+    shutil.copytree(make_model("hibiki-1b"), folder)
+    weights = mx.load(str(folder / "model.safetensors"))
+    name = next(k for k in sorted(weights) if k.startswith("transformer.layers.1.")
+                and k.endswith("linear_in.weight"))
+    weights[name] = mx.full(weights[name].shape, float("nan"), weights[name].dtype)
+    mx.save_safetensors(str(folder / "model.safetensors"), weights)
+    with pytest.raises(NonFiniteError, match="NaN/Inf logits") as err:
+        moshi_mac.load(folder).run(speech, seed=SEED, max_tail_s=MAX_TAIL)
+    partial = err.value.result
+    assert partial.partial and not partial.interrupted
+    assert partial.ending.startswith("stopped: ") and "NaN/Inf logits" in partial.ending
+    doc = json.loads(partial.save(tmp_path / "out", formats="json")[0].read_text())
+    assert doc["partial"] is True and doc["ending"] == partial.ending
+
+
 def test_cancel_and_context_manager_on_error(hibiki, speech):
     pcm, _ = read_audio(speech)
     with pytest.raises(ValueError, match="boom"):

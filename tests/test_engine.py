@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from moshi_mac.codec import FRAME_SIZE
-from moshi_mac.engine import FileSource, LoadedModel, Session, load_model
+from moshi_mac.api import load
+from moshi_mac.engine import FileSource, LoadedModel, Session
 from moshi_mac.generate import GenOptions
 from moshi_mac.tokenizer import EOS_ID
 
@@ -18,12 +19,12 @@ from .crafted import always_emit
 
 @pytest.fixture(scope="module")
 def hibiki(make_model) -> LoadedModel:
-    return load_model(None, make_model("hibiki-1b"))
+    return load(weights=make_model("hibiki-1b")).loaded
 
 
 def _always_eos(model: LoadedModel) -> LoadedModel:
     """The same model crafted to always emit the text EOS."""
-    lm = always_emit(load_model(None, model.files.weights.parent).lm, EOS_ID)
+    lm = always_emit(load(weights=model.files.weights.parent).loaded.lm, EOS_ID)
     return LoadedModel(model.files, model.cfg, lm, model.tokenizer)
 
 

@@ -23,7 +23,8 @@ import soundfile as sf
 from moshi_mac.audio_io import read_audio
 from moshi_mac.cli import main as cli_main
 from moshi_mac.config import load_config
-from moshi_mac.engine import FRAME_S, FileSource, Session, TextAssembler, load_model
+from moshi_mac.api import load
+from moshi_mac.engine import FRAME_S, FileSource, Session, TextAssembler
 from moshi_mac.transcript import Word, format_srt, format_vtt, make_cues
 
 from .conftest import CONFIG_NAMES, ROOT
@@ -223,7 +224,7 @@ class FakeGen:
 def test_hibiki_feeding_and_eos_flush(make_model, pipelined):
     """First frame twice, one EOS frame of `card` codes, then encoded silence until the
     text EOS (an EOS before the input ended only warns); the EOS step's audio is kept."""
-    model = load_model(None, make_model("hibiki-1b"))
+    model = load(weights=make_model("hibiki-1b")).loaded
     cfg = model.cfg
     session = Session(model, stop_on_eos=True)
     # outputs: 3 input-time tokens incl. an early EOS, then EOS at the 2nd tail step

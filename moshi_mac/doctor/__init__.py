@@ -177,8 +177,8 @@ class DoctorOptions:
 def run_doctor(files, opts: DoctorOptions | None = None,
                progress: Callable[[str], None] | None = None) -> list[CheckResult]:
     """Every check on one model; see the module docstring."""
+    from ..api import Model
     from ..speech_sample import speech_sample
-    from ..weights import load_lm
 
     opts = opts or DoctorOptions()
     results: list[CheckResult] = []
@@ -217,21 +217,17 @@ def run_doctor(files, opts: DoctorOptions | None = None,
         for name in lm_names:
             results.append(CheckResult(name, SKIP, "skipped: the LM weights do not match the config"))
         return results
-    try:
-        model, _ = load_lm(files.weights, cfg, Path(files.config).name, expect_quant=files.expect_quant)
+    try:  # as moshi_mac.load loads it, once every file has been checked
+        loaded = Model.from_files(files, cfg).loaded
     except Exception as e:
         for name in lm_names:
             results.append(CheckResult(name, FAIL, f"cannot load the LM: {_first_line(e)}"))
         return results
-    timer.run("weights finite", lambda: check_finite(model, codes))
+    timer.run("weights finite", lambda: check_finite(loaded.lm, codes))
     timer.run("quantized vs bf16", lambda: check_quantized(
-        model, report.quantization, opts.reference, cfg, codes, opts.why_no_reference))
+        loaded.lm, report.quantization, opts.reference, cfg, codes, opts.why_no_reference))
 
     def generation():
-        from ..engine import LoadedModel
-        from ..tokenizer import load_tokenizer
-
-        loaded = LoadedModel(files, cfg, model, load_tokenizer(files.tokenizer))
         state["run"] = run_generation(loaded, np.zeros_like(sample), seed, opts.codec_factory)
         return check_silence(state["run"], cfg.moshi_mac.model_type)
 

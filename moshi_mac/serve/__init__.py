@@ -73,7 +73,8 @@ def _check_args(args) -> None:
 
 def main(args) -> int:
     from ..cli import console, gen_options
-    from ..engine import Session, load_model
+    from ..api import load
+    from ..engine import Session
     from .chat import ChatSettings
     from .server import LOCAL_HOSTS, STATIC_DIR, ServerConfig, engine_thread, serve
 
@@ -85,7 +86,7 @@ def main(args) -> int:
                       highlight=False, soft_wrap=True)
     engine = engine_thread()
     with console.status("loading the model"):
-        model = engine.submit(load_model, args.model, args.weights).result()
+        model = engine.submit(lambda: load(args.model, weights=args.weights).loaded).result()
     options = gen_options(args)
     with console.status("warming up"):  # fails early; each conversation warms up again
         warm = engine.submit(Session, model, options).result()
