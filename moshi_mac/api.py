@@ -23,6 +23,12 @@ the file path of `moshi-mac translate`: both call `run_pcm`. NaN or Inf out of t
 stops a run with a `NonFiniteError` whose `.result` is what was made before it. Hibiki translates, feeding the end-of-input codes and then silence
 until it ends its translation (at most `max_tail_s`); Moshi answers, as long as the input.
 
+Layers: every command loads through `load` (`check` is its first half). `Model.run` and
+`Stream` drive `engine.Session`, the streaming session under everything; `live` and
+`serve` drive the same class with a source that pulls from a microphone or a socket, so
+that Mimi encode, the LM and Mimi decode keep overlapping from one frame to the next
+(`Stream.feed` returns only once its frames are done).
+
 Sampling options (`Sampling`), for `run` and `stream`: seed, temp, top_k, temp_text,
 top_k_text, cfg, greedy, max_tail_s. Left out (None), they take the model config's values
 (`[moshi_mac.generation]`, see config/schema.py); without a seed there, a run draws one.
