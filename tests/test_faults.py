@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -445,6 +446,41 @@ def test_concurrent_writer_is_refused(model, inputs, tmp_path):
     assert r.returncode == 1 and "another moshi-mac run (pid 4242) is writing" in line
     lock.unlink()
     assert_outputs(out, {})
+
+
+def _without_root_override() -> list[str]:
+    """A command prefix under which permission bits hold: none for a normal user; as root,
+    `setpriv` drops the capabilities that let root write anywhere (util-linux)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv (util-linux): read-only folders cannot "
+                    "be made")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+@pytest.mark.parametrize("case", ["translate-out", "translate-out-below", "live-record"])
+def test_read_only_folder_is_refused_before_compute(case, model, inputs, tmp_path):
+    """A real read-only folder (permission bits, not a stand-in): one line, exit 2, before
+    the model loads, and nothing written."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    target = locked / "sub" if case == "translate-out-below" else locked
+    argv = (["live", "-w", model, "--record", target] if case == "live-record" else
+            ["translate", inputs["speech"], "-w", model, "-o", target])
+    os.chmod(locked, 0o555)
+    try:
+        r = subprocess.run([*_without_root_override(), sys.executable, "-m", "moshi_mac.cli",
+                            *map(str, argv)], capture_output=True, text=True, timeout=180,
+                           env=_env(), cwd=ROOT)
+        names = sorted(p.name for p in locked.iterdir())
+    finally:
+        os.chmod(locked, 0o755)
+    line = assert_one_line(r.stderr)
+    assert r.returncode == 2, r.stderr
+    says = "cannot create" if case == "translate-out-below" else "is not writable"
+    assert says in line and str(locked) in line, line
+    assert names == [] and "loading" not in r.stdout
 
 
 def test_not_enough_space_is_found_before_compute(tmp_path, monkeypatch):
