@@ -20,8 +20,9 @@
 `load` resolves, checks (config vs LM weights vs tokenizer vs Mimi: `check`, which is
 `moshi-mac check`) and loads; every command loads its model through it. `Model.run` is
 the file path of `moshi-mac translate`: both call `run_pcm`. NaN or Inf out of the model
-stops a run with a `NonFiniteError` whose `.result` is what was made before it. Hibiki translates, feeding the end-of-input codes and then silence
-until it ends its translation (at most `max_tail_s`); Moshi answers, as long as the input.
+stops a run with a `NonFiniteError` whose `.result` is what was made before it. Hibiki
+translates, feeding the end-of-input codes and then silence until it ends its translation
+(at most `max_tail_s`); Moshi answers, as long as the input.
 
 Layers: every command loads through `load` (`check` is its first half). `Model.run` and
 `Stream` drive `engine.Session`, the streaming session under everything; `live` and
