@@ -70,9 +70,13 @@ class Playback extends AudioWorkletProcessor {
     }
     if (!this.playing && avail >= Math.max(this.target, 1)) this.playing = true;
     let n = 0;
+    this.sq = this.sq || 0;
     if (this.playing) {
       n = Math.min(out.length, avail);
-      for (let i = 0; i < n; i++) out[i] = this.ring[(this.consumed + i) % this.ring.length];
+      for (let i = 0; i < n; i++) {
+        out[i] = this.ring[(this.consumed + i) % this.ring.length];
+        this.sq += out[i] * out[i];
+      }
       this.consumed += n;
       this.played += n;
       if (n < out.length) {
@@ -85,7 +89,9 @@ class Playback extends AudioWorkletProcessor {
     if (currentTime - this.lastReport > 0.1) {
       this.lastReport = currentTime;
       this.port.postMessage({ played: this.played, fill: this.written - this.consumed,
-                              underruns: this.underruns, dropped: this.dropped });
+                              underruns: this.underruns, dropped: this.dropped,
+                              rms: Math.sqrt(this.sq / (0.1 * sampleRate)) });
+      this.sq = 0;
     }
     return true;
   }
